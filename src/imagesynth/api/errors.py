@@ -1,0 +1,77 @@
+"""Domain errors -> HTTP status and DashScope code, and the handlers that answer every failure
+with the DashScope error shape {request_id, code, message}."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imagesynth import errors
+from imagesynth.api.context import request_id_of
+
+log = logging.getLogger(__name__)
+
+# Most specific class first: the first match wins.
+ERRORS: list[tuple[type[errors.ImageSynthError], int, str]] = [
+    (errors.EmptyModel, 400, "BadRequest.EmptyModel"),
+    (errors.EmptyInput, 400, "BadRequest.EmptyInput"),
+    (errors.RequestTooLarge, 413, "BadRequest.TooLarge"),
+    (errors.InvalidParameter, 400, "InvalidParameter"),
+    (errors.ModelNotFound, 404, "ModelNotFound"),
+    (errors.MissingApiKey, 401, "InvalidApiKey"),
+    (errors.InvalidApiKey, 401, "InvalidApiKey"),
+    (errors.AccessDenied, 403, "AccessDenied"),
+    (errors.SignatureInvalid, 403, "AccessDenied"),
+    (errors.UnsupportedOperation, 400, "UnsupportedOperation"),
+    (errors.ResourceNotFound, 404, "NotFound"),
+    (errors.RouteNotFound, 404, "NotFound"),
+    (errors.MethodNotAllowed, 405, "MethodNotAllowed"),
+]
+
+
+def status_and_code(exc: errors.ImageSynthError) -> tuple[int, str]:
+    for cls, status, code in ERRORS:
+        if isinstance(exc, cls):
+            return status, code
+    return 500, "InternalError"
+
+
+def error_response(request: Request, status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"request_id": request_id_of(request), "code": code, "message": message},
+        status_code=status,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.ImageSynthError)
+    async def domain_error(request: Request, exc: errors.ImageSynthError) -> JSONResponse:
+        status, code = status_and_code(exc)
+        if status >= 500:
+            log.error("request %s failed", request_id_of(request), exc_info=exc)
+            return error_response(request, status, code, errors.ImageSynthError().message)
+        return error_response(request, status, code, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return await domain_error(request, errors.RouteNotFound())
+        if exc.status_code == 405:
+            return await domain_error(request, errors.MethodNotAllowed())
+        return error_response(request, exc.status_code, "BadRequest", str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        message = f"{where}: {first.get('msg', 'invalid')}" if where else "Invalid request."
+        return await domain_error(request, errors.InvalidParameter(message))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("request %s failed", request_id_of(request), exc_info=exc)
+        return error_response(request, 500, "InternalError", errors.ImageSynthError().message)

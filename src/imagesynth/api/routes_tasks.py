@@ -1,0 +1,177 @@
+"""Submit, query, cancel and list: the DashScope task endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from imagesynth.api.context import (
+    authenticate,
+    public_base_url,
+    read_json_object,
+    request_id_of,
+    services_of,
+)
+from imagesynth.api.schemas import (
+    SynthesisRequest,
+    UrlFor,
+    list_item,
+    task_reply,
+    unknown_task_reply,
+)
+from imagesynth.errors import AccessDenied, InvalidParameter
+from imagesynth.tasks.models import Task, TaskFilter, TaskStatus
+
+router = APIRouter()
+
+REGION = "local"
+LIST_WINDOW_SECONDS = 24 * 3600
+MAX_PAGE_SIZE = 100
+
+
+def _url_for(request: Request) -> UrlFor:
+    base = public_base_url(request)
+    signer = services_of(request).signer
+    return lambda key: base + signer.sign(f"/files/{key}")
+
+
+def _is_async(request: Request) -> bool:
+    return request.headers.get("x-dashscope-async", "").strip().lower() == "enable"
+
+
+@router.post("/api/v1/services/aigc/text2image/image-synthesis")
+async def submit(request: Request) -> dict[str, Any]:
+    svc = services_of(request)
+    key = await authenticate(request)
+    body = SynthesisRequest.parse(await read_json_object(request))
+    spec = svc.catalog.get(body.model)
+    synchronous = not _is_async(request)
+    if synchronous and not spec.sync:
+        raise AccessDenied("current user api does not support synchronous calls")
+    task = await run_in_threadpool(
+        svc.tasks.submit,
+        key,
+        spec.name,
+        body.generation_fields(),
+        request_id=request_id_of(request),
+        workspace=request.headers.get("x-dashscope-workspace"),
+    )
+    if not synchronous:
+        return {
+            "request_id": request_id_of(request),
+            "output": {"task_id": task.id, "task_status": str(task.status)},
+        }
+    task = await _wait_for_end(request, task)
+    return task_reply(request_id_of(request), task, spec, _url_for(request))
+
+
+async def _wait_for_end(request: Request, task: Task) -> Task:
+    """Hold a synchronous request until its task ends. The task waits in the same queue as
+    every other; a caller that hangs up or times out gets its task cancelled."""
+    svc = services_of(request)
+    deadline = time.monotonic() + svc.settings.sync_timeout_seconds
+    delay = 0.05
+    while True:
+        current = await run_in_threadpool(svc.tasks.store.get_task, task.id)
+        if current is None or current.status.is_final:
+            return current or task
+        if await request.is_disconnected() or time.monotonic() > deadline:
+            await run_in_threadpool(svc.tasks.abandon, task.id)
+            if time.monotonic() > deadline:
+                current = await run_in_threadpool(svc.tasks.store.get_task, task.id)
+                return current or task
+            return current
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+@router.get("/api/v1/tasks/{task_id}")
+async def query(request: Request, task_id: str) -> dict[str, Any]:
+    svc = services_of(request)
+    key = await authenticate(request)
+    task = await run_in_threadpool(svc.tasks.get, key, task_id)
+    if task is None:
+        return unknown_task_reply(request_id_of(request), task_id)
+    spec = svc.catalog.models.get(task.model)
+    return task_reply(request_id_of(request), task, spec, _url_for(request))
+
+
+@router.post("/api/v1/tasks/{task_id}/cancel")
+async def cancel(request: Request, task_id: str) -> dict[str, Any]:
+    svc = services_of(request)
+    key = await authenticate(request)
+    await run_in_threadpool(svc.tasks.cancel, key, task_id)
+    return {"request_id": request_id_of(request)}
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise InvalidParameter(f"{name} must be an integer in [{low}, {high}]; got {raw!r}")
+    return int(raw)
+
+
+def _time_param(request: Request, name: str) -> float | None:
+    raw = request.query_params.get(name)
+    if not raw:
+        return None
+    try:
+        return datetime.strptime(raw, "%Y%m%d%H%M%S").timestamp()
+    except ValueError:
+        raise InvalidParameter(f"{name} must be YYYYMMDDhhmmss; got {raw!r}") from None
+
+
+def _list_filter(request: Request) -> TaskFilter:
+    start, end = _time_param(request, "start_time"), _time_param(request, "end_time")
+    if start is None and end is None:
+        end = time.time()
+    if start is None:
+        assert end is not None
+        start = end - LIST_WINDOW_SECONDS
+    if end is None:
+        end = start + LIST_WINDOW_SECONDS
+    if end < start:
+        raise InvalidParameter("end_time must not be before start_time")
+    if end - start > LIST_WINDOW_SECONDS:
+        raise InvalidParameter("The time window between start_time and end_time is at most 24 h")
+    status = request.query_params.get("status") or None
+    if status is not None and status not in TaskStatus.__members__:
+        raise InvalidParameter(f"status must be one of {', '.join(TaskStatus)}; got {status!r}")
+    return TaskFilter(
+        # Timestamps are whole seconds: include the whole last second.
+        start=start,
+        end=end + 0.999,
+        model=request.query_params.get("model_name") or None,
+        status=TaskStatus(status) if status else None,
+        task_id=request.query_params.get("task_id") or None,
+        workspace=request.headers.get("x-dashscope-workspace"),
+    )
+
+
+@router.get("/api/v1/tasks")
+@router.get("/api/v1/tasks/")
+async def list_tasks(request: Request) -> dict[str, Any]:
+    svc = services_of(request)
+    key = await authenticate(request)
+    flt = _list_filter(request)
+    page_no = _int_param(request, "page_no", 1, 1, 1_000_000)
+    page_size = _int_param(request, "page_size", 10, 1, MAX_PAGE_SIZE)
+    if flt.status == TaskStatus.UNKNOWN:
+        total, tasks = 0, []
+    else:
+        total, tasks = await run_in_threadpool(svc.tasks.list, key, flt, page_no, page_size)
+    return {
+        "request_id": request_id_of(request),
+        "total": total,
+        "total_page": (total + page_size - 1) // page_size,
+        "page_no": page_no,
+        "page_size": page_size,
+        "data": [list_item(t, REGION) for t in tasks],
+    }

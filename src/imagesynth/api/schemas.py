@@ -1,0 +1,162 @@
+"""The DashScope wire format: request bodies in, reply bodies out. DashScope field names live
+here and nowhere else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import ValidationError as PydanticValidationError
+
+from imagesynth.catalog import ModelSpec
+from imagesynth.errors import EmptyInput, EmptyModel, InvalidParameter
+from imagesynth.tasks.models import Task, TaskStatus
+
+UrlFor = Callable[[str], str]  # blob key -> absolute signed URL
+
+
+class _Loose(BaseModel):
+    # Unknown fields are ignored, as DashScope does; known ones are type-checked strictly
+    # ("2" is not an int), so a wrong type is a clear 400 rather than a silent coercion.
+    model_config = ConfigDict(extra="allow")
+
+
+class SynthesisInput(_Loose):
+    prompt: StrictStr | None = None
+    negative_prompt: StrictStr | None = None
+
+
+class SynthesisParameters(_Loose):
+    size: StrictStr | None = None
+    n: StrictInt | None = None
+    seed: StrictInt | None = None
+    steps: StrictInt | None = None
+    guidance: StrictFloat | StrictInt | None = None
+    prompt_extend: StrictBool | None = None
+    watermark: StrictBool | None = None
+    style: StrictStr | None = None
+
+
+class SynthesisRequest(_Loose):
+    model: StrictStr | None = None
+    input: SynthesisInput | None = None
+    parameters: SynthesisParameters | None = None
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> SynthesisRequest:
+        try:
+            request = cls.model_validate(body)
+        except PydanticValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("Strict",)))
+            raise InvalidParameter(f"{where}: {first['msg']}") from None
+        if not request.model:
+            raise EmptyModel()
+        if request.input is None:
+            raise EmptyInput()
+        return request
+
+    def generation_fields(self) -> dict[str, Any]:
+        """The fields ModelSpec.validate takes, named as the domain names them."""
+        assert self.input is not None
+        p = self.parameters or SynthesisParameters()
+        return {
+            "prompt": self.input.prompt,
+            "negative_prompt": self.input.negative_prompt,
+            "size": p.size,
+            "n": p.n,
+            "seed": p.seed,
+            "steps": p.steps,
+            "guidance": p.guidance,
+            "prompt_extend": p.prompt_extend,
+            "watermark": p.watermark,
+            "style": p.style,
+        }
+
+
+def format_time(epoch: float | None) -> str | None:
+    """DashScope's `YYYY-MM-DD HH:mm:ss.SSS`, local time, no zone suffix."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def epoch_ms(epoch: float | None) -> int | None:
+    return None if epoch is None else int(epoch * 1000)
+
+
+def task_output(task: Task, spec: ModelSpec | None, url_for: UrlFor) -> dict[str, Any]:
+    """The `output` object of a task query."""
+    out: dict[str, Any] = {"task_id": task.id, "task_status": str(task.status)}
+    for name, value in (
+        ("submit_time", format_time(task.created_at)),
+        ("scheduled_time", format_time(task.started_at)),
+        ("end_time", format_time(task.finished_at) if task.status.is_final else None),
+    ):
+        if value is not None:
+            out[name] = value
+    total = task.params.n
+    if task.status == TaskStatus.RUNNING:
+        out["task_metrics"] = {"TOTAL": total, "SUCCEEDED": 0, "FAILED": 0}
+        # Beyond DashScope: how far the denoising loop has got.
+        out["task_progress"] = {"step": task.progress_step, "steps": task.progress_total}
+    elif task.status == TaskStatus.SUCCEEDED:
+        with_prompts = spec is None or spec.result_prompts
+        results: list[dict[str, Any]] = []
+        for r in task.results:
+            if r.blob_key is None:
+                results.append({"code": r.code, "message": r.message})
+                continue
+            item: dict[str, Any] = {}
+            if with_prompts:
+                item["orig_prompt"] = task.params.prompt
+                if task.params.prompt_extend:
+                    item["actual_prompt"] = r.actual_prompt or task.params.prompt
+            item["url"] = url_for(r.blob_key)
+            results.append(item)
+        out["results"] = results
+        ok = sum(1 for r in task.results if r.blob_key)
+        out["task_metrics"] = {"TOTAL": total, "SUCCEEDED": ok, "FAILED": total - ok}
+    elif task.status == TaskStatus.FAILED:
+        out["code"] = task.error_code or "InternalError"
+        out["message"] = task.error_message or ""
+        out["task_metrics"] = {"TOTAL": total, "SUCCEEDED": 0, "FAILED": total}
+    return out
+
+
+def task_reply(request_id: str, task: Task, spec: ModelSpec | None, url_for: UrlFor) -> dict:
+    reply: dict[str, Any] = {
+        "request_id": request_id,
+        "output": task_output(task, spec, url_for),
+    }
+    if task.status.is_final:
+        reply["usage"] = {"image_count": sum(1 for r in task.results if r.blob_key)}
+    return reply
+
+
+def unknown_task_reply(request_id: str, task_id: str) -> dict[str, Any]:
+    return {"request_id": request_id, "output": {"task_id": task_id, "task_status": "UNKNOWN"}}
+
+
+def list_item(task: Task, region: str) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "task_id": task.id,
+        "request_id": task.request_id,
+        "status": str(task.status),
+        "model_name": task.model,
+        "region": region,
+        "api_key_id": task.api_key_id,
+        "caller_uid": task.api_key_id,
+        "caller_parent_id": task.api_key_id,
+        "gmt_create": epoch_ms(task.created_at),
+        "user_api_unique_key": f"apikey:v1:aigc:text2image:image-synthesis:{task.model}",
+    }
+    if task.started_at is not None:
+        item["start_time"] = epoch_ms(task.started_at)
+    if task.status.is_final and task.finished_at is not None:
+        item["end_time"] = epoch_ms(task.finished_at)
+    if task.workspace:
+        item["workspace"] = task.workspace
+    return item

@@ -1,0 +1,221 @@
+"""The model catalog: which model names are served, from which weights, under which rules.
+
+A TOML file (built-in default: default_catalog.toml) maps each DashScope model name to a
+pipeline family, weights and per-model validation rules. `ModelSpec.validate` turns a request's
+loose fields into GenerationParams or raises InvalidParameter naming the field.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tomllib
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from imagesynth.engine.base import FAMILIES, EngineSpec, Family
+from imagesynth.errors import ImageSynthError, InvalidParameter, ModelNotFound
+from imagesynth.tasks.models import GenerationParams
+
+SEED_MAX = 2_147_483_647
+DEMO_WEIGHTS = "demo"
+STYLES = (
+    "<auto>",
+    "<photography>",
+    "<portrait>",
+    "<3d cartoon>",
+    "<anime>",
+    "<oil painting>",
+    "<watercolor>",
+    "<sketch>",
+    "<chinese painting>",
+    "<flat illustration>",
+)
+
+
+class CatalogError(ImageSynthError):
+    """The model catalog is invalid."""
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1024*768' -> (1024, 768); raises ValueError on anything else."""
+    w, sep, h = text.partition("*")
+    if not sep or not w.isdigit() or not h.isdigit():
+        raise ValueError(text)
+    return int(w), int(h)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: Family
+    weights: str = DEMO_WEIGHTS
+    device: str = "auto"
+    dtype: str = "auto"
+    steps: int = 30
+    demo_steps: int = 4
+    max_steps: int = 100
+    guidance: float = 5.0
+    guidance_min: float = 0.0
+    guidance_max: float = 20.0
+    sizes: tuple[str, ...] = ()
+    min_side: int = 512
+    max_side: int = 1440
+    max_pixels: int = 1440 * 1440
+    default_size: str = "1024*1024"
+    n_max: int = 4
+    n_default: int = 4
+    prompt_max_chars: int = 800
+    negative_prompt_max_chars: int = 500
+    result_prompts: bool = True
+    sync: bool = False
+
+    @property
+    def is_demo(self) -> bool:
+        return self.weights == DEMO_WEIGHTS
+
+    @property
+    def default_steps(self) -> int:
+        return self.demo_steps if self.is_demo else self.steps
+
+    def engine_spec(self, demo_root: Path) -> EngineSpec:
+        weights = str(demo_root / self.family) if self.is_demo else self.weights
+        return EngineSpec(family=self.family, weights=weights, device=self.device, dtype=self.dtype)
+
+    def size_rule(self) -> str:
+        if self.sizes:
+            return "one of " + ", ".join(self.sizes)
+        return (
+            f"W*H with each side in [{self.min_side}, {self.max_side}] "
+            f"and W*H at most {self.max_pixels} pixels"
+        )
+
+    def _validate_size(self, size: str | None) -> tuple[int, int]:
+        text = self.default_size if size is None else size
+        try:
+            width, height = parse_size(text)
+        except ValueError:
+            raise InvalidParameter(
+                f"size must be {self.size_rule()} for model {self.name}; got {text!r}"
+            ) from None
+        if self.sizes:
+            ok = text in self.sizes
+        else:
+            ok = (
+                self.min_side <= width <= self.max_side
+                and self.min_side <= height <= self.max_side
+                and width * height <= self.max_pixels
+            )
+        if not ok:
+            raise InvalidParameter(
+                f"size must be {self.size_rule()} for model {self.name}; got {text!r}"
+            )
+        return width, height
+
+    def validate(
+        self,
+        *,
+        prompt: str | None,
+        negative_prompt: str | None = None,
+        size: str | None = None,
+        n: int | None = None,
+        seed: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        prompt_extend: bool | None = None,
+        watermark: bool | None = None,
+        style: str | None = None,
+    ) -> GenerationParams:
+        if prompt is None or not prompt.strip():
+            raise InvalidParameter("Field required: input.prompt")
+        width, height = self._validate_size(size)
+        if n is None:
+            n = self.n_default
+        if not 1 <= n <= self.n_max:
+            if self.n_max == 1:
+                raise InvalidParameter(f"n must be 1 for model {self.name}; got {n}")
+            raise InvalidParameter(f"n must be in [1, {self.n_max}] for {self.name}; got {n}")
+        if seed is None:
+            seed = secrets.randbelow(SEED_MAX - self.n_max + 2)
+        elif not 0 <= seed <= SEED_MAX:
+            raise InvalidParameter(f"seed must be in [0, {SEED_MAX}]; got {seed}")
+        if steps is None:
+            steps = self.default_steps
+        elif not 1 <= steps <= self.max_steps:
+            raise InvalidParameter(
+                f"steps must be in [1, {self.max_steps}] for {self.name}; got {steps}"
+            )
+        if guidance is None:
+            guidance = self.guidance
+        elif not self.guidance_min <= guidance <= self.guidance_max:
+            raise InvalidParameter(
+                f"guidance must be in [{self.guidance_min}, {self.guidance_max}] "
+                f"for {self.name}; got {guidance}"
+            )
+        if style is not None and self.family == "stable-diffusion" and style not in STYLES:
+            raise InvalidParameter(f"style must be one of {', '.join(STYLES)}; got {style!r}")
+        # The docs say over-long prompts are truncated, not rejected.
+        return GenerationParams(
+            prompt=prompt[: self.prompt_max_chars],
+            negative_prompt=(negative_prompt or "")[: self.negative_prompt_max_chars],
+            width=width,
+            height=height,
+            n=n,
+            seed=seed,
+            steps=steps,
+            guidance=float(guidance),
+            prompt_extend=True if prompt_extend is None else prompt_extend,
+            watermark=bool(watermark),
+            style=style,
+        )
+
+
+class Catalog:
+    def __init__(self, models: dict[str, ModelSpec], source: str) -> None:
+        self.models = models
+        self.source = source
+
+    def get(self, name: str | None) -> ModelSpec:
+        spec = self.models.get(name or "")
+        if spec is None:
+            raise ModelNotFound()
+        return spec
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Catalog:
+        if path is None:
+            text = resources.files("imagesynth").joinpath("default_catalog.toml").read_text()
+            source = "built-in"
+        else:
+            text = path.read_text(encoding="utf-8")
+            source = str(path)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise CatalogError(f"{source}: {exc}") from None
+        return cls(_parse_models(data.get("models", {}), source), source)
+
+
+def _parse_models(raw: dict[str, Any], source: str) -> dict[str, ModelSpec]:
+    known = {f.name for f in fields(ModelSpec)} - {"name"}
+    models: dict[str, ModelSpec] = {}
+    for name, entry in raw.items():
+        unknown = set(entry) - known
+        if unknown:
+            raise CatalogError(f"{source}: model {name}: unknown keys {sorted(unknown)}")
+        if entry.get("family") not in FAMILIES:
+            raise CatalogError(f"{source}: model {name}: family must be one of {FAMILIES}")
+        values = dict(entry)
+        if "sizes" in values:
+            values["sizes"] = tuple(values["sizes"])
+        spec = ModelSpec(name=name, **values)
+        for size in (*spec.sizes, spec.default_size):
+            try:
+                parse_size(size)
+            except ValueError:
+                raise CatalogError(f"{source}: model {name}: bad size {size!r}") from None
+        models[name] = spec
+    if not models:
+        raise CatalogError(f"{source}: no models defined")
+    return models

@@ -1,0 +1,67 @@
+"""The one exception tree of imagesynth. No HTTP in here: api/errors.py maps each class to a
+status and a DashScope code. Each docstring is the default message the client sees."""
+
+from __future__ import annotations
+
+
+class ImageSynthError(Exception):
+    """An internal error has occured, please try again later or contact service support."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidParameter(ImageSynthError):
+    """Required parameter(s) missing or invalid, please check the request parameters."""
+
+
+class EmptyModel(InvalidParameter):
+    """Required parameter "model" missing from request."""
+
+
+class EmptyInput(InvalidParameter):
+    """Required parameter "input" missing from request."""
+
+
+class RequestTooLarge(InvalidParameter):
+    """Request body is too large."""
+
+
+class ModelNotFound(ImageSynthError):
+    """Model can not be found."""
+
+
+class MissingApiKey(ImageSynthError):
+    """No API-key provided."""
+
+
+class InvalidApiKey(ImageSynthError):
+    """Invalid API-key provided."""
+
+
+class AccessDenied(ImageSynthError):
+    """Access denied."""
+
+
+class UnsupportedOperation(ImageSynthError):
+    """Failed to cancel the task, please confirm if the task is in PENDING status."""
+
+
+class SignatureInvalid(ImageSynthError):
+    """The request signature does not match, or the URL has expired."""
+
+
+class ResourceNotFound(ImageSynthError):
+    """The requested resource does not exist."""
+
+
+class RouteNotFound(ImageSynthError):
+    """The requested URL was not found on this server."""
+
+
+class MethodNotAllowed(ImageSynthError):
+    """The method is not allowed for the requested URL."""

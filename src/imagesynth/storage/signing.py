@@ -1,0 +1,61 @@
+"""Signed, expiring URLs for result files: HMAC-SHA256 over the path and the expiry time.
+
+The signature covers the exact path and Expires value, so changing either (or the signature
+itself) makes the URL invalid; comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from pathlib import Path
+
+from imagesynth.errors import SignatureInvalid
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The service's URL-signing key, created once (0600) and kept across restarts so URLs
+    stay valid, and shared by every process using the same IMAGESYNTH_HOME."""
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    tmp.write_text(key)
+    tmp.chmod(0o600)
+    try:
+        # link() refuses to replace: if another process won the race, use its key.
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return bytes.fromhex(path.read_text().strip())
+
+
+class UrlSigner:
+    def __init__(self, secret: bytes, ttl_seconds: int) -> None:
+        self._secret = secret
+        self.ttl_seconds = ttl_seconds
+
+    def _signature(self, path: str, expires: int) -> str:
+        message = f"{path}\n{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def sign(self, path: str, now: float | None = None) -> str:
+        """'/files/a/b.png' -> '/files/a/b.png?Expires=...&Signature=...'"""
+        expires = int((time.time() if now is None else now) + self.ttl_seconds)
+        return f"{path}?Expires={expires}&Signature={self._signature(path, expires)}"
+
+    def verify(self, path: str, expires: str | None, signature: str | None) -> None:
+        if not expires or not signature or not expires.isdigit():
+            raise SignatureInvalid("The URL is not signed.")
+        if not hmac.compare_digest(self._signature(path, int(expires)), signature):
+            raise SignatureInvalid("The request signature does not match.")
+        if int(expires) < time.time():
+            raise SignatureInvalid("Request has expired.")

@@ -1,0 +1,45 @@
+"""Housekeeping any process may run, idempotently: requeue or fail tasks whose worker stopped
+heartbeating, and forget finished tasks (rows and files) after the retention period."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from imagesynth.storage.local import LocalBlobStore
+from imagesynth.tasks.store_sql import SqlStore
+
+log = logging.getLogger(__name__)
+
+
+class Maintenance:
+    def __init__(self, store: SqlStore, blobs: LocalBlobStore, retention_seconds: float) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.retention_seconds = retention_seconds
+
+    def run_once(self) -> None:
+        for task_id, status in self.store.reap_expired_leases():
+            log.warning("task %s: worker lease expired -> %s", task_id, status)
+        while expired := self.store.expired_task_ids(self.retention_seconds):
+            # Files first: a crash in between leaves a row whose files are gone (it was
+            # expiring anyway), never files that no row will ever delete.
+            for task_id in expired:
+                self.blobs.delete_prefix(task_id)
+            self.store.delete_tasks(expired)
+            log.info("forgot %d expired tasks", len(expired))
+
+    def run_forever(self, stop: threading.Event, interval: float) -> None:
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("maintenance pass failed; retrying")
+            stop.wait(interval)
+
+    def start(self, stop: threading.Event, interval: float) -> threading.Thread:
+        thread = threading.Thread(
+            target=self.run_forever, args=(stop, interval), name="maintenance", daemon=True
+        )
+        thread.start()
+        return thread

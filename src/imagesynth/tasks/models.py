@@ -1,0 +1,120 @@
+"""The task domain: what a client asked for, and where its task stands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class TaskStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Validated generation parameters: every default already filled in."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    n: int
+    seed: int
+    steps: int
+    guidance: float
+    prompt_extend: bool
+    watermark: bool
+    style: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "width": self.width,
+            "height": self.height,
+            "n": self.n,
+            "seed": self.seed,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "prompt_extend": self.prompt_extend,
+            "watermark": self.watermark,
+            "style": self.style,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GenerationParams:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image slot of a task: a stored file, or the error that took its place."""
+
+    blob_key: str | None = None
+    actual_prompt: str | None = None
+    code: str | None = None
+    message: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageResult:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    api_key_id: str
+    model: str
+    params: GenerationParams
+    status: TaskStatus
+    request_id: str
+    workspace: str | None = None
+    attempts: int = 0
+    max_attempts: int = 3
+    worker_id: str | None = None
+    lease_until: float | None = None
+    cancel_requested: bool = False
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress_step: int = 0
+    progress_total: int = 0
+    results: list[ImageResult] = field(default_factory=list)
+    error_code: str | None = None
+    error_message: str | None = None
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """A list query; times are epoch seconds, both ends inclusive."""
+
+    start: float
+    end: float
+    model: str | None = None
+    status: TaskStatus | None = None
+    task_id: str | None = None
+    workspace: str | None = None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    prefix: str
+    created_at: float
+    last_used_at: float | None = None
+    revoked_at: float | None = None
