@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Create .venv at the repo root and install imagesynth into it; idempotent and quick when
+# nothing changed. Usage: scripts/setup.sh [runtime|test]
+#
+# torch is installed first, on its own, so nothing else can pull a different build:
+#   CPU (default):  IMAGESYNTH_TORCH="torch==2.13.0"
+#   CUDA (GPU):     IMAGESYNTH_TORCH="torch==2.13.0" \
+#                   IMAGESYNTH_TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="${1:-runtime}"
+torch_spec="${IMAGESYNTH_TORCH:-torch==2.13.0}"
+python="${PYTHON:-python3}"
+
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "imagesynth needs Python >= 3.11 (found: $("$python" --version 2>&1)); set PYTHON=..." >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$python" -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip
+fi
+
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+  echo "==> installing $torch_spec"
+  if [ -n "${IMAGESYNTH_TORCH_INDEX_URL:-}" ]; then
+    "${pip[@]}" "$torch_spec" --index-url "$IMAGESYNTH_TORCH_INDEX_URL"
+  else
+    "${pip[@]}" "$torch_spec"
+  fi
+fi
+
+# Reinstall only when the project's requirements changed.
+stamp=".venv/.imagesynth-$extras.stamp"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "==> installing imagesynth ($extras)"
+  if [ "$extras" = test ]; then
+    "${pip[@]}" -e ".[test]"
+  else
+    "${pip[@]}" -e .
+  fi
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up .venv with the test tools and run the whole test suite. Arguments go to pytest.
+# PostgreSQL: the store tests also run against a server at IMAGESYNTH_TEST_POSTGRES_DSN
+# (default postgresql://postgres@127.0.0.1:5432/test). If none answers, this script tries to
+# start the local cluster; if that fails too, it says so and those tests are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh test
+
+dsn="${IMAGESYNTH_TEST_POSTGRES_DSN:-postgresql://postgres@127.0.0.1:5432/test}"
+pg_ready() { .venv/bin/python -c "import psycopg,sys; psycopg.connect(sys.argv[1], connect_timeout=3).close()" "$dsn" 2>/dev/null; }
+if ! pg_ready && command -v pg_ctlcluster >/dev/null 2>&1; then
+  echo "==> PostgreSQL not answering; trying to start the local cluster"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start 2>/dev/null || true
+  sleep 2
+fi
+if pg_ready; then
+  export IMAGESYNTH_TEST_POSTGRES_DSN="$dsn"
+  echo "==> PostgreSQL store tests: $dsn"
+else
+  unset IMAGESYNTH_TEST_POSTGRES_DSN
+  echo "==> NOTE: no PostgreSQL at $dsn: the PostgreSQL store tests will be SKIPPED"
+fi
+
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,127 @@
+"""Crashes and restarts: no accepted task is lost, stuck, or completed twice."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.integration.conftest import Home, Server
+from tests.integration.images import fetch_png
+
+# Long enough on the tiny demo pipeline to be caught mid-run (several seconds).
+SLOW: dict[str, Any] = {
+    "model": "wanx2.1-t2i-turbo",
+    "input": {"prompt": "a slow one"},
+    "parameters": {"n": 1, "size": "1440*1440", "steps": 60, "seed": 1},
+}
+QUICK: dict[str, Any] = {
+    "model": "wanx2.1-t2i-turbo",
+    "input": {"prompt": "a quick one"},
+    "parameters": {"n": 1, "size": "512*512", "seed": 1},
+}
+
+
+def running_with_progress(reply: dict[str, Any]) -> bool:
+    out = reply["output"]
+    return out["task_status"] == "RUNNING" and out.get("task_progress", {}).get("step", 0) >= 1
+
+
+def task_row(home: Home, task_id: str) -> sqlite3.Row:
+    conn = sqlite3.connect(home.path / "imagesynth.db")
+    conn.row_factory = sqlite3.Row
+    try:
+        row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    finally:
+        conn.close()
+    assert row is not None
+    return row
+
+
+def attempt_dirs(home: Home, task_id: str) -> list[str]:
+    folder = home.path / "files" / task_id
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def succeeded_lines(logs: list[Path], task_id: str) -> int:
+    return sum(
+        1
+        for log in logs
+        for line in log.read_text(errors="replace").splitlines()
+        if f"task {task_id} succeeded" in line
+    )
+
+
+def test_worker_killed_mid_task_task_succeeds_exactly_once(start: Callable[..., Any]) -> None:
+    server: Server = start(worker=False)
+    first = start.worker(server.home)  # type: ignore[attr-defined]
+    task_id = server.submit(SLOW)
+    reply = server.wait(task_id, until=running_with_progress)
+    assert reply["output"]["task_progress"]["steps"] == 60
+    first.kill()
+
+    second = start.worker(server.home)  # type: ignore[attr-defined]
+    done = server.wait(task_id, timeout=180)
+    assert done["output"]["task_status"] == "SUCCEEDED", done
+    assert len(done["output"]["results"]) == 1
+    assert fetch_png(done["output"]["results"][0]["url"]).size == (1440, 1440)
+
+    row = task_row(server.home, task_id)
+    assert row["attempts"] == 2
+    # The killed attempt left no files; the rerun's are the only ones.
+    assert attempt_dirs(server.home, task_id) == ["2"]
+    assert "/2/0.png" in done["output"]["results"][0]["url"]
+    assert succeeded_lines([first.log, second.log], task_id) == 1
+    # It stays done: nothing reruns it later.
+    assert server.query(task_id)["output"]["task_status"] == "SUCCEEDED"
+
+
+def test_task_that_keeps_killing_workers_ends_failed(
+    start: Callable[..., Any], make_home: Callable[..., Home]
+) -> None:
+    server: Server = start(home=make_home(max_attempts="2"), worker=False)
+    task_id = server.submit(SLOW)
+    for attempt in (1, 2):
+        worker = start.worker(server.home)  # type: ignore[attr-defined]
+        server.wait(task_id, until=running_with_progress)
+        assert task_row(server.home, task_id)["attempts"] == attempt
+        worker.kill()
+
+    done = server.wait(task_id, timeout=30)
+    output = done["output"]
+    assert output["task_status"] == "FAILED"
+    assert output["code"] == "InternalError.WorkerLost"
+    assert output["task_metrics"] == {"TOTAL": 1, "SUCCEEDED": 0, "FAILED": 1}
+    assert done["usage"] == {"image_count": 0}
+    # And another worker now leaves it alone.
+    start.worker(server.home)  # type: ignore[attr-defined]
+    quick = server.wait(server.submit(QUICK))
+    assert quick["output"]["task_status"] == "SUCCEEDED"
+    assert server.query(task_id)["output"]["task_status"] == "FAILED"
+
+
+def test_pending_tasks_survive_a_restart(start: Callable[..., Any]) -> None:
+    idle: Server = start(worker=False)
+    task_ids = [idle.submit(QUICK) for _ in range(3)]
+    idle.proc.stop()
+
+    again: Server = start(home=idle.home, key=idle.key)
+    for task_id in task_ids:
+        done = again.wait(task_id)
+        assert done["output"]["task_status"] == "SUCCEEDED"
+        assert fetch_png(done["output"]["results"][0]["url"]).size == (512, 512)
+
+
+def test_serve_stopped_mid_task_hands_it_back(start: Callable[..., Any]) -> None:
+    server: Server = start()
+    task_id = server.submit(SLOW)
+    server.wait(task_id, until=running_with_progress)
+    server.proc.stop()  # SIGTERM: a clean shutdown
+    assert task_row(server.home, task_id)["status"] == "PENDING"
+
+    again: Server = start(home=server.home, key=server.key)
+    done = again.wait(task_id, timeout=180)
+    assert done["output"]["task_status"] == "SUCCEEDED"
+    # A handed-back attempt does not count against the task.
+    assert task_row(server.home, task_id)["attempts"] == 1
