@@ -48,7 +48,10 @@ class Service:
             "HF_HUB_OFFLINE": "1",
         }
         self.key = subprocess.run(
-            [str(BIN), "keys", "create"], env=self.env, capture_output=True, text=True,
+            [str(BIN), "keys", "create"],
+            env=self.env,
+            capture_output=True,
+            text=True,
             check=True,
         ).stdout.strip()
         self.port = free_port()
@@ -76,8 +79,11 @@ class Service:
 
 
 def body(model: str, size: str, seed: int) -> dict:
-    return {"model": model, "input": {"prompt": "a benchmark"},
-            "parameters": {"n": 1, "size": size, "seed": seed}}
+    return {
+        "model": model,
+        "input": {"prompt": "a benchmark"},
+        "parameters": {"n": 1, "size": size, "seed": seed},
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -91,8 +97,11 @@ def bench_submit_latency(svc: Service, model: str, size: str, clients: int, per:
         with svc.client() as http:
             for i in range(per):
                 started = time.perf_counter()
-                r = http.post(SUBMIT, json=body(model, size, c * per + i),
-                              headers={"X-DashScope-Async": "enable"})
+                r = http.post(
+                    SUBMIT,
+                    json=body(model, size, c * per + i),
+                    headers={"X-DashScope-Async": "enable"},
+                )
                 out.append(time.perf_counter() - started)
                 assert r.status_code == 200, r.text
         return out
@@ -102,11 +111,15 @@ def bench_submit_latency(svc: Service, model: str, size: str, clients: int, per:
     with ThreadPoolExecutor(clients) as pool:
         latencies = [x for xs in pool.map(one_client, range(clients)) for x in xs]
     elapsed = time.perf_counter() - started
-    print(f"submit latency, {clients} concurrent clients x {per} submits "
-          f"({len(latencies)} requests, {len(latencies) / elapsed:.0f} req/s):")
-    print(f"  p50 {statistics.median(latencies) * 1000:.1f} ms   "
-          f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms   "
-          f"max {max(latencies) * 1000:.1f} ms")
+    print(
+        f"submit latency, {clients} concurrent clients x {per} submits "
+        f"({len(latencies)} requests, {len(latencies) / elapsed:.0f} req/s):"
+    )
+    print(
+        f"  p50 {statistics.median(latencies) * 1000:.1f} ms   "
+        f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms   "
+        f"max {max(latencies) * 1000:.1f} ms"
+    )
 
 
 def run_tasks(svc: Service, model: str, size: str, seeds: list[int]) -> float:
@@ -114,8 +127,9 @@ def run_tasks(svc: Service, model: str, size: str, seeds: list[int]) -> float:
     started = time.perf_counter()
     with svc.client() as http:
         ids = [
-            http.post(SUBMIT, json=body(model, size, s),
-                      headers={"X-DashScope-Async": "enable"}).json()["output"]["task_id"]
+            http.post(
+                SUBMIT, json=body(model, size, s), headers={"X-DashScope-Async": "enable"}
+            ).json()["output"]["task_id"]
             for s in seeds
         ]
         pending = set(ids)
@@ -146,8 +160,9 @@ def bench_direct(demo: Path, model: str, size: str, seeds: list[int]) -> float:
 
     def call(seed: int) -> None:
         adapter.generate(
-            GenerationBatch("a benchmark", "", width, height, (seed,), spec.default_steps,
-                            spec.guidance),
+            GenerationBatch(
+                "a benchmark", "", width, height, (seed,), spec.default_steps, spec.guidance
+            ),
             lambda i, n: None,
         )
 
@@ -169,8 +184,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         demo = Path(tmp) / "demo"
-        subprocess.run([str(BIN), "models", "make-demo", str(demo)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [str(BIN), "models", "make-demo", str(demo)], check=True, capture_output=True
+        )
         print(f"model {args.model}, size {args.size}, demo weights, {os.cpu_count()} CPUs\n")
 
         api = Service(Path(tmp) / "api", demo, worker=False)
@@ -188,10 +204,14 @@ def main() -> None:
             svc.close()
         direct_s = bench_direct(demo, args.model, args.size, seeds)
 
-    print(f"\n{args.tasks} tasks end to end through the service: {service_s:.2f} s "
-          f"({service_s / args.tasks * 1000:.0f} ms/task)")
-    print(f"{args.tasks} direct pipeline calls in one process: {direct_s:.2f} s "
-          f"({direct_s / args.tasks * 1000:.0f} ms/call)")
+    print(
+        f"\n{args.tasks} tasks end to end through the service: {service_s:.2f} s "
+        f"({service_s / args.tasks * 1000:.0f} ms/task)"
+    )
+    print(
+        f"{args.tasks} direct pipeline calls in one process: {direct_s:.2f} s "
+        f"({direct_s / args.tasks * 1000:.0f} ms/call)"
+    )
     print(f"service overhead ratio: {service_s / direct_s:.2f}x")
 
 

@@ -40,6 +40,10 @@ class CatalogError(ImageSynthError):
 
 def parse_size(text: str) -> tuple[int, int]:
     """'1024*768' -> (1024, 768); raises ValueError on anything else."""
+    # Not str.isdigit() alone: it accepts non-ASCII digits ('１０２４') that int() then reads.
+    # Not a str at all: a catalog file can say `default_size = 1024`.
+    if not isinstance(text, str) or not text.isascii():
+        raise ValueError(text)
     w, sep, h = text.partition("*")
     if not sep or not w.isdigit() or not h.isdigit():
         raise ValueError(text)
@@ -197,6 +201,23 @@ class Catalog:
         return cls(_parse_models(data.get("models", {}), source), source)
 
 
+def _has_type(value: object, annotation: object) -> bool:
+    """Whether a TOML value fits a ModelSpec field (annotations are strings here)."""
+    expected = {
+        "str": (str,),
+        "int": (int,),
+        "float": (int, float),
+        "bool": (bool,),
+        "Family": (str,),
+        "tuple[str, ...]": (tuple,),
+    }[str(annotation)]
+    if isinstance(value, bool) and bool not in expected:
+        return False
+    if isinstance(value, tuple):
+        return all(isinstance(v, str) for v in value)
+    return isinstance(value, expected)
+
+
 def _parse_models(raw: dict[str, Any], source: str) -> dict[str, ModelSpec]:
     known = {f.name for f in fields(ModelSpec)} - {"name"}
     models: dict[str, ModelSpec] = {}
@@ -207,14 +228,24 @@ def _parse_models(raw: dict[str, Any], source: str) -> dict[str, ModelSpec]:
         if entry.get("family") not in FAMILIES:
             raise CatalogError(f"{source}: model {name}: family must be one of {FAMILIES}")
         values = dict(entry)
-        if "sizes" in values:
-            values["sizes"] = tuple(values["sizes"])
-        spec = ModelSpec(name=name, **values)
-        for size in (*spec.sizes, spec.default_size):
+        sizes = values.get("sizes", [])
+        if not isinstance(sizes, list):
+            raise CatalogError(f"{source}: model {name}: bad sizes {sizes!r}: need a list")
+        for size in [*sizes, values.get("default_size")]:
             try:
-                parse_size(size)
+                if size is not None:
+                    parse_size(size)
             except ValueError:
                 raise CatalogError(f"{source}: model {name}: bad size {size!r}") from None
+        values["sizes"] = tuple(sizes)
+        for f in fields(ModelSpec):
+            if f.name in values and not _has_type(values[f.name], f.type):
+                raise CatalogError(f"{source}: model {name}: {f.name} must be {f.type}")
+        spec = ModelSpec(name=name, **values)
+        if spec.sizes and spec.default_size not in spec.sizes:
+            raise CatalogError(f"{source}: model {name}: default_size must be one of sizes")
+        if not 1 <= spec.n_default <= spec.n_max:
+            raise CatalogError(f"{source}: model {name}: need 1 <= n_default <= n_max")
         models[name] = spec
     if not models:
         raise CatalogError(f"{source}: no models defined")

@@ -154,11 +154,15 @@ def models_list() -> None:
     for spec in rt.catalog.models.values():
         kind = "DEMO" if spec.is_demo else "real"
         weights = spec.engine_spec(demo_root).weights
-        print(f"{spec.name:<20} {spec.family:<17} {kind:<5} {spec.device + '/' + spec.dtype:<12} "
-              f"{weights}")
+        print(
+            f"{spec.name:<20} {spec.family:<17} {kind:<5} {spec.device + '/' + spec.dtype:<12} "
+            f"{weights}"
+        )
     if any(s.is_demo for s in rt.catalog.models.values()):
-        print("\nDEMO weights are tiny random-weight pipelines built offline: their images are "
-              "noise.\nSet real weights in the catalog (see README) to generate real images.")
+        print(
+            "\nDEMO weights are tiny random-weight pipelines built offline: their images are "
+            "noise.\nSet real weights in the catalog (see README) to generate real images."
+        )
 
 
 @models_app.command("make-demo")

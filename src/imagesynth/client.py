@@ -28,8 +28,12 @@ class GenerateRequest:
     def body(self) -> dict[str, Any]:
         parameters = {
             k: v
-            for k, v in (("size", self.size), ("n", self.n), ("seed", self.seed),
-                         ("steps", self.steps))
+            for k, v in (
+                ("size", self.size),
+                ("n", self.n),
+                ("seed", self.seed),
+                ("steps", self.steps),
+            )
             if v is not None
         }
         inputs: dict[str, Any] = {"prompt": self.prompt}

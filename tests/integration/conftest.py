@@ -141,15 +141,11 @@ def demo_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def make_home(
-    tmp_path_factory: pytest.TempPathFactory, demo_weights: Path
-) -> Callable[..., Home]:
+def make_home(tmp_path_factory: pytest.TempPathFactory, demo_weights: Path) -> Callable[..., Home]:
     def make(**settings: str) -> Home:
         path = tmp_path_factory.mktemp("home")
         env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("IMAGESYNTH_", "DASHSCOPE_"))
+            k: v for k, v in os.environ.items() if not k.startswith(("IMAGESYNTH_", "DASHSCOPE_"))
         }
         env.update(
             {

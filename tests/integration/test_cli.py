@@ -20,12 +20,29 @@ def test_generate_saves_pngs(server: Server, tmp_path: Any) -> None:
     out = tmp_path / "out"
     result = subprocess.run(
         [
-            str(BIN), "generate", "a red fox", "--model", "wan2.2-t2i-flash",
-            "--size", "640*512", "-n", "2", "--seed", "3", "-o", str(out),
+            str(BIN),
+            "generate",
+            "a red fox",
+            "--model",
+            "wan2.2-t2i-flash",
+            "--size",
+            "640*512",
+            "-n",
+            "2",
+            "--seed",
+            "3",
+            "-o",
+            str(out),
         ],
-        env={**server.home.env, "IMAGESYNTH_BASE_URL": server.api,
-             "IMAGESYNTH_API_KEY": server.key},
-        capture_output=True, text=True, timeout=120, check=False,
+        env={
+            **server.home.env,
+            "IMAGESYNTH_BASE_URL": server.api,
+            "IMAGESYNTH_API_KEY": server.key,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     files = sorted(out.glob("*.png"))
@@ -38,9 +55,15 @@ def test_generate_saves_pngs(server: Server, tmp_path: Any) -> None:
 def test_generate_reports_errors(server: Server, tmp_path: Any) -> None:
     result = subprocess.run(
         [str(BIN), "generate", "x", "--size", "1*1", "-o", str(tmp_path)],
-        env={**server.home.env, "IMAGESYNTH_BASE_URL": server.api,
-             "IMAGESYNTH_API_KEY": server.key},
-        capture_output=True, text=True, timeout=60, check=False,
+        env={
+            **server.home.env,
+            "IMAGESYNTH_BASE_URL": server.api,
+            "IMAGESYNTH_API_KEY": server.key,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 1
     assert "InvalidParameter" in result.stderr and "size" in result.stderr
@@ -48,8 +71,16 @@ def test_generate_reports_errors(server: Server, tmp_path: Any) -> None:
 
 def test_models_list_says_demo(make_home: Callable[..., Home]) -> None:
     out = make_home().cli("models", "list").stdout
-    for name in ("qwen-image", "qwen-image-plus", "wan2.2-t2i-plus", "wan2.2-t2i-flash",
-                 "wanx2.1-t2i-plus", "wanx2.1-t2i-turbo", "wanx2.0-t2i-turbo", "wanx-v1"):
+    for name in (
+        "qwen-image",
+        "qwen-image-plus",
+        "wan2.2-t2i-plus",
+        "wan2.2-t2i-flash",
+        "wanx2.1-t2i-plus",
+        "wanx2.1-t2i-turbo",
+        "wanx2.0-t2i-turbo",
+        "wanx-v1",
+    ):
         assert re.search(rf"^{re.escape(name)}\s+\S+\s+DEMO", out, re.M), out
     assert "noise" in out
 
@@ -70,7 +101,10 @@ def test_first_start_creates_a_key_and_prints_a_snippet(
     port = free_port()
     proc = subprocess.Popen(
         [str(BIN), "serve", "--port", str(port)],
-        env=home.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=home.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert proc.stdout is not None

@@ -169,7 +169,5 @@ def test_list_with_filters(idle_sdk: Server) -> None:
     # Without a window: the last 24 h.
     assert ImageSynthesis.list(api_key=key).output["total"] == 5
     # A window in the past holds none of them.
-    old = ImageSynthesis.list(
-        api_key=key, start_time="20250101000000", end_time="20250101235959"
-    )
+    old = ImageSynthesis.list(api_key=key, start_time="20250101000000", end_time="20250101235959")
     assert old.status_code == 200 and old.output["total"] == 0

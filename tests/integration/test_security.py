@@ -28,8 +28,9 @@ def _tampered(url: str) -> list[str]:
     variants.append(urlunsplit(parts._replace(path=path.replace("/files/", "/files/0", 1))))
     for name in ("Signature", "Expires"):
         value = query[name]
-        changed = value[:-1] + (_flip(value[-1]) if name == "Signature" else str(
-            (int(value[-1]) + 1) % 10))
+        changed = value[:-1] + (
+            _flip(value[-1]) if name == "Signature" else str((int(value[-1]) + 1) % 10)
+        )
         variants.append(urlunsplit(parts._replace(query=urlencode({**query, name: changed}))))
     variants.append(urlunsplit(parts._replace(query=urlencode({"Expires": query["Expires"]}))))
     variants.append(urlunsplit(parts._replace(query="")))

@@ -164,7 +164,7 @@ async def list_tasks(request: Request) -> dict[str, Any]:
     page_no = _int_param(request, "page_no", 1, 1, 1_000_000)
     page_size = _int_param(request, "page_size", 10, 1, MAX_PAGE_SIZE)
     if flt.status == TaskStatus.UNKNOWN:
-        total, tasks = 0, []
+        total, tasks = 0, list[Task]()
     else:
         total, tasks = await run_in_threadpool(svc.tasks.list, key, flt, page_no, page_size)
     return {

@@ -117,7 +117,12 @@ class Worker:
     def run(self, stop: threading.Event | None = None) -> None:
         """Work until stop() (or `stop` is set). A task running then is handed back."""
         if stop is not None:
-            threading.Thread(target=lambda: (stop.wait(), self.stop()), daemon=True).start()
+
+            def relay() -> None:
+                stop.wait()
+                self.stop()
+
+            threading.Thread(target=relay, name="stop-relay", daemon=True).start()
         self.prepare()
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()

@@ -23,7 +23,8 @@ class LocalBlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        if not _KEY.match(key) or ".." in key.split("/"):
+        # fullmatch: match() with `$` would also take a trailing newline ('a/b\n').
+        if not _KEY.fullmatch(key) or ".." in key.split("/"):
             raise InvalidBlobKey(key)
         return self.root / key
 

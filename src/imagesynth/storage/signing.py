@@ -26,8 +26,10 @@ def load_or_create_secret(path: Path) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(32)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    tmp.write_text(key)
-    tmp.chmod(0o600)
+    # Created 0600 from the start: the key is never readable by others, not even briefly.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
     try:
         # link() refuses to replace: if another process won the race, use its key.
         os.link(tmp, path)
@@ -55,7 +57,14 @@ class UrlSigner:
     def verify(self, path: str, expires: str | None, signature: str | None) -> None:
         if not expires or not signature or not expires.isdigit():
             raise SignatureInvalid("The URL is not signed.")
-        if not hmac.compare_digest(self._signature(path, int(expires)), signature):
+        # Only the exact text sign() wrote: isdigit() and int() also take '０１７…' and '017…'.
+        # compare_digest() raises TypeError on non-ASCII str, so refuse that first.
+        if (
+            not expires.isascii()
+            or expires != str(int(expires))
+            or not signature.isascii()
+            or not hmac.compare_digest(self._signature(path, int(expires)), signature)
+        ):
             raise SignatureInvalid("The request signature does not match.")
         if int(expires) < time.time():
             raise SignatureInvalid("Request has expired.")

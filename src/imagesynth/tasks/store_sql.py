@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 """
 
 _FINAL = "('SUCCEEDED', 'FAILED', 'CANCELED')"
+_PG_SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(7239512014)"  # an arbitrary constant key
 
 
 class Dialect(Protocol):
@@ -133,7 +134,9 @@ class PostgresDialect:
 
     def schema(self) -> list[str]:
         ddl = _SCHEMA.format(serial="BIGSERIAL", real="DOUBLE PRECISION")
-        return [s for s in ddl.split(";") if s.strip()]
+        # Concurrent CREATE ... IF NOT EXISTS still collide in PostgreSQL's catalog (replicas
+        # and workers starting at once on a fresh database): serialise them for the transaction.
+        return [_PG_SCHEMA_LOCK, *(s for s in ddl.split(";") if s.strip())]
 
 
 def dialect_for(url: str) -> Dialect:
@@ -459,9 +462,7 @@ class SqlStore:
         return _row_to_key(row) if row else None
 
     def touch_key(self, key_id: str) -> None:
-        self._execute(
-            "UPDATE api_keys SET last_used_at = {now} WHERE id = :id", {"id": key_id}
-        )
+        self._execute("UPDATE api_keys SET last_used_at = {now} WHERE id = :id", {"id": key_id})
 
     def list_keys(self) -> list[ApiKey]:
         rows = self._execute(

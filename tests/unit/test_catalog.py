@@ -1,0 +1,435 @@
+"""Per-model request validation from the built-in catalog, and catalog file parsing."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagesynth.catalog import SEED_MAX, STYLES, Catalog, CatalogError, ModelSpec
+from imagesynth.errors import InvalidParameter, ModelNotFound
+from imagesynth.tasks.models import GenerationParams
+
+QWEN = ("qwen-image", "qwen-image-plus")
+WAN_FREE = (
+    "wan2.2-t2i-plus",
+    "wan2.2-t2i-flash",
+    "wanx2.1-t2i-plus",
+    "wanx2.1-t2i-turbo",
+    "wanx2.0-t2i-turbo",
+)
+QWEN_SIZES = ("1664*928", "1472*1104", "1328*1328", "1104*1472", "928*1664")
+QWEN_LEGACY_SIZES = ("1472*1140", "1140*1472")
+WANX_V1_SIZES = ("1024*1024", "720*1280", "768*1152", "1280*720")
+MALFORMED_SIZES = (
+    "",
+    "1024",
+    "1024*",
+    "*1024",
+    "1024x1024",
+    "1024 * 1024",
+    " 1024*1024",
+    "1024*1024 ",
+    "1024*1024\n",
+    "-1024*1024",
+    "+1024*1024",
+    "1024.0*1024",
+    "1024*768*2",
+    "a*b",
+    "１０２４*１０２４",  # full-width digits
+)
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog.load()
+
+
+def validate(catalog: Catalog, model: str, **fields: Any) -> GenerationParams:
+    fields.setdefault("prompt", "a lighthouse at dusk")
+    return catalog.get(model).validate(**fields)
+
+
+def rejected(catalog: Catalog, model: str, **fields: Any) -> str:
+    """The message of the InvalidParameter that validation raises."""
+    with pytest.raises(InvalidParameter) as info:
+        validate(catalog, model, **fields)
+    return info.value.message
+
+
+# -- the catalog itself ----------------------------------------------------------------------
+
+
+def test_builtin_catalog_serves_the_dashscope_models(catalog: Catalog) -> None:
+    assert set(catalog.models) == {*QWEN, *WAN_FREE, "wanx-v1"}
+    assert catalog.source == "built-in"
+    for name, spec in catalog.models.items():
+        assert spec.name == name
+        assert spec.is_demo
+
+
+@pytest.mark.parametrize("name", ["flux-dev", "", None, "QWEN-IMAGE", "qwen-image "])
+def test_unknown_model_is_not_found(catalog: Catalog, name: str | None) -> None:
+    with pytest.raises(ModelNotFound):
+        catalog.get(name)
+
+
+# -- size ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", QWEN)
+@pytest.mark.parametrize("size", QWEN_SIZES + QWEN_LEGACY_SIZES)
+def test_qwen_accepts_its_fixed_sizes_including_legacy(
+    catalog: Catalog, model: str, size: str
+) -> None:
+    params = validate(catalog, model, size=size)
+
+    assert f"{params.width}*{params.height}" == size
+
+
+@pytest.mark.parametrize("model", QWEN)
+@pytest.mark.parametrize("size", ["1024*1024", "928*1663", "1472*1141", "1664*928*1", "512*512"])
+def test_qwen_refuses_other_sizes(catalog: Catalog, model: str, size: str) -> None:
+    message = rejected(catalog, model, size=size)
+
+    assert message.startswith("size must be one of 1664*928,")
+    assert "1472*1140" in message and model in message and repr(size) in message
+
+
+@pytest.mark.parametrize("model", QWEN)
+def test_qwen_default_size(catalog: Catalog, model: str) -> None:
+    params = validate(catalog, model)
+
+    assert (params.width, params.height) == (1664, 928)
+
+
+@pytest.mark.parametrize("model", WAN_FREE)
+@pytest.mark.parametrize(
+    "size", ["512*512", "1440*1440", "512*1440", "1440*512", "1024*768", "777*1333"]
+)
+def test_wan_accepts_free_sizes_within_bounds(catalog: Catalog, model: str, size: str) -> None:
+    params = validate(catalog, model, size=size)
+
+    assert f"{params.width}*{params.height}" == size
+
+
+@pytest.mark.parametrize("model", WAN_FREE)
+@pytest.mark.parametrize(
+    "size", ["511*512", "512*511", "1441*1440", "1440*1441", "511*1024", "1024*1441", "0*0"]
+)
+def test_wan_refuses_sides_out_of_bounds(catalog: Catalog, model: str, size: str) -> None:
+    message = rejected(catalog, model, size=size)
+
+    assert message.startswith("size must be W*H with each side in [512, 1440]")
+    assert str(1440 * 1440) in message and model in message and repr(size) in message
+
+
+@pytest.mark.parametrize("model", WAN_FREE)
+def test_wan_default_size(catalog: Catalog, model: str) -> None:
+    params = validate(catalog, model)
+
+    assert (params.width, params.height) == (1024, 1024)
+
+
+def test_free_sizes_bound_total_pixels() -> None:
+    # In the built-in catalog the pixel bound equals the largest square; a tighter one binds.
+    spec = ModelSpec(name="custom", family="wan", max_pixels=1024 * 1024)
+
+    assert spec.validate(prompt="p", size="1024*1024").width == 1024
+    assert spec.validate(prompt="p", size="1440*728").width == 1440  # 1,048,320 pixels
+    for size in ("1024*1025", "1440*729", "1440*1440"):
+        with pytest.raises(InvalidParameter, match=r"at most 1048576 pixels"):
+            spec.validate(prompt="p", size=size)
+
+
+@pytest.mark.parametrize("size", WANX_V1_SIZES)
+def test_wanx_v1_accepts_its_fixed_sizes(catalog: Catalog, size: str) -> None:
+    params = validate(catalog, "wanx-v1", size=size)
+
+    assert f"{params.width}*{params.height}" == size
+
+
+@pytest.mark.parametrize("size", ["1280*1280", "512*512", "1152*768", "1024*768"])
+def test_wanx_v1_refuses_other_sizes(catalog: Catalog, size: str) -> None:
+    message = rejected(catalog, "wanx-v1", size=size)
+
+    assert message.startswith("size must be one of 1024*1024, 720*1280, 768*1152, 1280*720")
+
+
+@pytest.mark.parametrize("model", ["qwen-image", "wan2.2-t2i-plus", "wanx-v1"])
+@pytest.mark.parametrize("size", MALFORMED_SIZES)
+def test_malformed_sizes_are_refused(catalog: Catalog, model: str, size: str) -> None:
+    message = rejected(catalog, model, size=size)
+
+    assert message.startswith("size must be")
+
+
+# -- n ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", QWEN)
+def test_qwen_n_must_be_1(catalog: Catalog, model: str) -> None:
+    assert validate(catalog, model).n == 1
+    assert validate(catalog, model, n=1).n == 1
+    for n in (0, 2, 4, -1):
+        assert rejected(catalog, model, n=n) == f"n must be 1 for model {model}; got {n}"
+
+
+@pytest.mark.parametrize("model", [*WAN_FREE, "wanx-v1"])
+def test_n_range_for_multi_image_models(catalog: Catalog, model: str) -> None:
+    assert validate(catalog, model).n == 4
+    for n in (1, 2, 3, 4):
+        assert validate(catalog, model, n=n).n == n
+    for n in (0, 5, -1):
+        assert rejected(catalog, model, n=n) == f"n must be in [1, 4] for {model}; got {n}"
+
+
+# -- seed ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 12345, SEED_MAX])
+def test_seed_within_bounds_is_kept(catalog: Catalog, seed: int) -> None:
+    assert SEED_MAX == 2_147_483_647
+    assert validate(catalog, "wanx-v1", seed=seed).seed == seed
+
+
+@pytest.mark.parametrize("seed", [-1, SEED_MAX + 1, 2**63])
+def test_seed_out_of_bounds_is_refused(catalog: Catalog, seed: int) -> None:
+    assert rejected(catalog, "wanx-v1", seed=seed) == (
+        f"seed must be in [0, 2147483647]; got {seed}"
+    )
+
+
+@pytest.mark.parametrize("model", ["qwen-image", "wanx-v1"])
+def test_absent_seed_is_random_and_leaves_room_for_n_images(catalog: Catalog, model: str) -> None:
+    spec = catalog.get(model)
+    seeds = [validate(catalog, model).seed for _ in range(20)]
+
+    assert len(set(seeds)) > 1
+    # Image i uses seed + i, so the last image's seed must still be in range.
+    assert all(s >= 0 and s + spec.n_max - 1 <= SEED_MAX for s in seeds)
+
+
+# -- steps and guidance ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [1, 50, 100])
+def test_steps_within_bounds_are_kept(catalog: Catalog, steps: int) -> None:
+    assert validate(catalog, "wan2.2-t2i-plus", steps=steps).steps == steps
+
+
+@pytest.mark.parametrize("steps", [0, -1, 101])
+def test_steps_out_of_bounds_are_refused(catalog: Catalog, steps: int) -> None:
+    assert rejected(catalog, "wan2.2-t2i-plus", steps=steps) == (
+        f"steps must be in [1, 100] for wan2.2-t2i-plus; got {steps}"
+    )
+
+
+def test_default_steps_depend_on_the_weights(catalog: Catalog) -> None:
+    demo = catalog.get("qwen-image")
+    real = dataclasses.replace(demo, weights="Qwen/Qwen-Image")
+
+    assert demo.validate(prompt="p").steps == demo.demo_steps == 4
+    assert real.validate(prompt="p").steps == 50
+
+
+@pytest.mark.parametrize("guidance", [0.0, 0, 3.5, 20.0, 20])
+def test_guidance_within_bounds_is_kept(catalog: Catalog, guidance: float) -> None:
+    params = validate(catalog, "wanx-v1", guidance=guidance)
+
+    assert params.guidance == guidance and isinstance(params.guidance, float)
+
+
+@pytest.mark.parametrize("guidance", [-0.1, 20.01, float("inf"), float("nan")])
+def test_guidance_out_of_bounds_is_refused(catalog: Catalog, guidance: float) -> None:
+    message = rejected(catalog, "wanx-v1", guidance=guidance)
+
+    assert message.startswith("guidance must be in [0.0, 20.0] for wanx-v1; got ")
+
+
+@pytest.mark.parametrize(("model", "guidance"), [("qwen-image", 4.0), ("wanx-v1", 7.5)])
+def test_default_guidance_comes_from_the_catalog(
+    catalog: Catalog, model: str, guidance: float
+) -> None:
+    assert validate(catalog, model).guidance == guidance
+
+
+# -- prompt ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt", [None, "", "   ", "\n\t"])
+def test_prompt_is_required(catalog: Catalog, prompt: str | None) -> None:
+    assert rejected(catalog, "qwen-image", prompt=prompt) == "Field required: input.prompt"
+
+
+@pytest.mark.parametrize("model", ["qwen-image", "wan2.2-t2i-flash", "wanx-v1"])
+def test_long_prompts_are_truncated(catalog: Catalog, model: str) -> None:
+    prompt = "p" * 799 + "QR"
+    negative = "n" * 499 + "XY"
+
+    params = validate(catalog, model, prompt=prompt, negative_prompt=negative)
+
+    assert params.prompt == "p" * 799 + "Q"
+    assert params.negative_prompt == "n" * 499 + "X"
+
+
+def test_prompts_at_the_limit_are_kept_whole(catalog: Catalog) -> None:
+    params = validate(catalog, "wanx-v1", prompt="猫" * 800, negative_prompt="狗" * 500)
+
+    assert params.prompt == "猫" * 800
+    assert params.negative_prompt == "狗" * 500
+
+
+# -- everything together ---------------------------------------------------------------------
+
+
+def test_defaults_are_filled_in(catalog: Catalog) -> None:
+    params = validate(catalog, "wanx-v1", seed=7)
+
+    assert params == GenerationParams(
+        prompt="a lighthouse at dusk",
+        negative_prompt="",
+        width=1024,
+        height=1024,
+        n=4,
+        seed=7,
+        steps=4,
+        guidance=7.5,
+        prompt_extend=True,
+        watermark=False,
+        style=None,
+    )
+
+
+def test_explicit_values_are_kept(catalog: Catalog) -> None:
+    params = validate(
+        catalog,
+        "wanx-v1",
+        negative_prompt="fog",
+        size="720*1280",
+        n=2,
+        seed=9,
+        steps=12,
+        guidance=3.0,
+        prompt_extend=False,
+        watermark=True,
+        style="<anime>",
+    )
+
+    assert (params.width, params.height, params.n, params.seed) == (720, 1280, 2, 9)
+    assert (params.steps, params.guidance, params.negative_prompt) == (12, 3.0, "fog")
+    assert (params.prompt_extend, params.watermark, params.style) == (False, True, "<anime>")
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_wanx_v1_accepts_its_styles(catalog: Catalog, style: str) -> None:
+    assert validate(catalog, "wanx-v1", style=style).style == style
+
+
+@pytest.mark.parametrize("style", ["<cyberpunk>", "anime", "", "<ANIME>"])
+def test_wanx_v1_refuses_other_styles(catalog: Catalog, style: str) -> None:
+    assert rejected(catalog, "wanx-v1", style=style).startswith("style must be one of <auto>,")
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "field"),
+    [
+        ("qwen-image", {"size": "1*1"}, "size"),
+        ("wan2.2-t2i-plus", {"size": "bad"}, "size"),
+        ("qwen-image", {"n": 2}, "n"),
+        ("wanx-v1", {"n": 9}, "n"),
+        ("wanx-v1", {"seed": -5}, "seed"),
+        ("wanx-v1", {"steps": 0}, "steps"),
+        ("wanx-v1", {"guidance": 99.0}, "guidance"),
+        ("wanx-v1", {"style": "<x>"}, "style"),
+        ("wanx-v1", {"prompt": ""}, "input.prompt"),
+    ],
+)
+def test_messages_name_the_field(
+    catalog: Catalog, model: str, fields: dict[str, Any], field: str
+) -> None:
+    message = rejected(catalog, model, **fields)
+
+    assert message.startswith(f"{field} must be") or message == f"Field required: {field}"
+
+
+# -- catalog files ---------------------------------------------------------------------------
+
+
+def load(tmp_path: Path, text: str) -> Catalog:
+    path = tmp_path / "catalog.toml"
+    path.write_text(text, encoding="utf-8")
+    return Catalog.load(path)
+
+
+def test_catalog_file_is_parsed(tmp_path: Path) -> None:
+    catalog = load(
+        tmp_path,
+        """
+        [models.my-sd]
+        family = "stable-diffusion"
+        weights = "/models/sd15"
+        sizes = ["512*512", "768*512"]
+        default_size = "512*512"
+        n_max = 2
+        n_default = 1
+        steps = 25
+
+        [models."my.wan"]
+        family = "wan"
+        max_side = 1024
+        """,
+    )
+
+    assert set(catalog.models) == {"my-sd", "my.wan"}
+    assert catalog.source == str(tmp_path / "catalog.toml")
+    sd = catalog.get("my-sd")
+    assert (sd.sizes, sd.n_max, sd.default_steps, sd.is_demo) == (
+        ("512*512", "768*512"),
+        2,
+        25,
+        False,
+    )
+    assert sd.validate(prompt="p").n == 1
+    with pytest.raises(InvalidParameter):
+        sd.validate(prompt="p", n=3)
+    with pytest.raises(InvalidParameter):
+        catalog.get("my.wan").validate(prompt="p", size="1025*1024")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('[models.x]\nfamily = "wan"\nstepz = 3\n', r"model x: unknown keys \['stepz'\]"),
+        ('[models.x]\nfamily = "flux"\n', r"model x: family must be one of"),
+        ("[models.x]\nsteps = 3\n", r"model x: family must be one of"),
+        ('[models.x]\nfamily = "wan"\nsizes = ["1024x1024"]\n', r"model x: bad size '1024x1024'"),
+        ('[models.x]\nfamily = "wan"\ndefault_size = "big"\n', r"model x: bad size 'big'"),
+        ('[models.x]\nfamily = "wan"\nsizes = "1024*1024"\n', r"model x: bad size"),
+        ('[models.x]\nfamily = "wan"\nsizes = [1024]\n', r"model x: bad size 1024"),
+        ('[models.x]\nfamily = "wan"\ndefault_size = 1024\n', r"model x: bad size 1024"),
+        ("", r"no models defined"),
+        ("[models]\n", r"no models defined"),
+        ('[models.x\nfamily = "wan"\n', r"catalog\.toml: "),
+    ],
+    ids=[
+        "unknown-key",
+        "bad-family",
+        "no-family",
+        "bad-size",
+        "bad-default-size",
+        "sizes-not-a-list",
+        "size-not-a-string",
+        "default-size-not-a-string",
+        "empty-file",
+        "empty-models",
+        "toml-syntax",
+    ],
+)
+def test_catalog_file_errors(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(CatalogError, match=match) as info:
+        load(tmp_path, text)
+
+    assert str(tmp_path / "catalog.toml") in info.value.message
