@@ -7,7 +7,6 @@ when IMAGESYNTH_TEST_POSTGRES_DSN (a postgresql:// URL) is set.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sqlite3
 import threading
 import time
@@ -22,9 +21,6 @@ from imagesynth.auth import KeyService, hash_key
 from imagesynth.errors import InvalidApiKey, MissingApiKey
 from imagesynth.tasks.models import GenerationParams, ImageResult, Task, TaskFilter, TaskStatus
 from imagesynth.tasks.store_sql import SqlStore
-
-PG_DSN_ENV = "IMAGESYNTH_TEST_POSTGRES_DSN"
-PG_SKIP_REASON = "IMAGESYNTH_TEST_POSTGRES_DSN not set: PostgreSQL tests skipped"
 
 # Leases that run out within a test; EXPIRE sleeps just past them.
 SHORT_LEASE = 0.05
@@ -46,29 +42,11 @@ PARAMS = GenerationParams(
 )
 
 
-def _with_search_path(dsn: str, schema: str) -> str:
-    separator = "&" if "?" in dsn else "?"
-    return f"{dsn}{separator}options=-csearch_path%3D{schema}"
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'imagesynth.db'}"
-        return
-    dsn = os.environ.get(PG_DSN_ENV)
-    if not dsn:
-        pytest.skip(PG_SKIP_REASON)
-    import psycopg
-
-    schema = f"t_{uuid.uuid4().hex}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield _with_search_path(dsn, schema)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        return f"sqlite:///{tmp_path / 'imagesynth.db'}"
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture

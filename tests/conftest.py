@@ -1,0 +1,38 @@
+"""Fixtures shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+PG_DSN_ENV = "IMAGESYNTH_TEST_POSTGRES_DSN"
+PG_SKIP_REASON = f"{PG_DSN_ENV} not set: PostgreSQL tests skipped"
+
+
+def _with_search_path(dsn: str, schema: str) -> str:
+    separator = "&" if "?" in dsn else "?"
+    return f"{dsn}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A database URL for a fresh, empty PostgreSQL schema, dropped afterwards.
+
+    scripts/test.sh sets IMAGESYNTH_TEST_POSTGRES_DSN when a server answers (starting the local
+    one if it can) and says so when none does; without it these tests skip, saying why."""
+    dsn = os.environ.get(PG_DSN_ENV)
+    if not dsn:
+        pytest.skip(PG_SKIP_REASON)
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield _with_search_path(dsn, schema)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
