@@ -73,32 +73,34 @@ def serve(
         print(_first_key_banner(secret, f"http://{shown}:{port}"), flush=True)
 
     stop = threading.Event()
-    rt.maintenance().start(stop, rt.settings.maintenance_interval_seconds)
-    worker_thread = None
-    if not no_worker:
-        worker = rt.worker()
-        worker_thread = threading.Thread(
-            target=worker.run, args=(stop,), name="worker", daemon=True
-        )
-        worker_thread.start()
-    log.info("model catalog: %s", rt.catalog.source)
+    threads: list[threading.Thread] = []
 
+    def start_background() -> None:
+        threads.append(rt.maintenance().start(stop, rt.settings.maintenance_interval_seconds))
+        if not no_worker:
+            thread = threading.Thread(
+                target=rt.worker().run, args=(stop,), name="worker", daemon=True
+            )
+            thread.start()
+            threads.append(thread)
+
+    def stop_background() -> None:
+        stop.set()
+        for thread in threads:
+            # The worker stops at its next denoising step and hands its task back.
+            thread.join(timeout=60)
+
+    log.info("model catalog: %s", rt.catalog.source)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(services),
+            create_app(services, on_startup=start_background, on_shutdown=stop_background),
             host=host,
             port=port,
             log_level=rt.settings.log_level.lower(),
             access_log=False,
         )
     )
-    try:
-        server.run()
-    finally:
-        stop.set()
-        if worker_thread is not None:
-            # Lets the worker hand its running task back to the queue before we exit.
-            worker_thread.join(timeout=30)
+    server.run()
 
 
 @app.command()

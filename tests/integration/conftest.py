@@ -140,8 +140,10 @@ def demo_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_home(tmp_path_factory: pytest.TempPathFactory, demo_weights: Path) -> Callable[..., Home]:
+    """Factory: a fresh IMAGESYNTH_HOME; keyword arguments become IMAGESYNTH_* settings."""
+
     def make(**settings: str) -> Home:
         path = tmp_path_factory.mktemp("home")
         env = {
@@ -163,27 +165,32 @@ def make_home(tmp_path_factory: pytest.TempPathFactory, demo_weights: Path) -> C
     return make
 
 
-@pytest.fixture
-def start(make_home: Callable[..., Home]) -> Iterator[Callable[..., Any]]:
-    """Factory: start(home=None, worker=True) -> Server; also start.worker(home) -> Proc."""
-    procs: list[Proc] = []
+class Launcher:
+    """Starts servers and workers as subprocesses; stops them all at the end."""
 
-    def spawn(home: Home, args: list[str], name: str) -> Proc:
-        log = home.path / f"{name}-{len(procs)}.log"
-        f = log.open("w")
-        popen = subprocess.Popen(
-            [str(BIN), *args], env=home.env, stdout=f, stderr=subprocess.STDOUT, text=True
-        )
+    def __init__(self, make_home: Callable[..., Home]) -> None:
+        self.make_home = make_home
+        self.procs: list[Proc] = []
+
+    def _spawn(self, home: Home, args: list[str], name: str) -> Proc:
+        log = home.path / f"{name}-{len(self.procs)}.log"
+        with log.open("w") as f:
+            popen = subprocess.Popen(
+                [str(BIN), *args], env=home.env, stdout=f, stderr=subprocess.STDOUT, text=True
+            )
         proc = Proc(popen, log)
-        procs.append(proc)
+        self.procs.append(proc)
         return proc
 
-    def start_server(home: Home | None = None, worker: bool = True, key: str | None = None):
-        home = home or make_home()
+    def __call__(
+        self, home: Home | None = None, worker: bool = True, key: str | None = None
+    ) -> Server:
+        """`imagesynth serve` (with its in-process worker unless worker=False), ready."""
+        home = home or self.make_home()
         key = key or home.create_key()
         port = free_port()
         args = ["serve", "--port", str(port)] + ([] if worker else ["--no-worker"])
-        proc = spawn(home, args, "serve")
+        proc = self._spawn(home, args, "serve")
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -196,15 +203,25 @@ def start(make_home: Callable[..., Home]) -> Iterator[Callable[..., Any]]:
             time.sleep(0.1)
         return Server(home, proc, port, key)
 
-    def start_worker(home: Home) -> Proc:
-        return spawn(home, ["worker"], "worker")
+    def worker(self, home: Home) -> Proc:
+        """A separate `imagesynth worker` process on the home's state."""
+        return self._spawn(home, ["worker"], "worker")
 
-    start_server.worker = start_worker  # type: ignore[attr-defined]
-    yield start_server
-    for proc in procs:
-        proc.stop()
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            proc.stop()
 
 
 @pytest.fixture
-def server(start: Callable[..., Server]) -> Server:
-    return start()
+def start(make_home: Callable[..., Home]) -> Iterator[Launcher]:
+    launcher = Launcher(make_home)
+    yield launcher
+    launcher.stop_all()
+
+
+@pytest.fixture(scope="module")
+def server(make_home: Callable[..., Home]) -> Iterator[Server]:
+    """One server shared by a module's tests: for tests that need no state of their own."""
+    launcher = Launcher(make_home)
+    yield launcher()
+    launcher.stop_all()

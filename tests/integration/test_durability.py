@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import Home, Server
+from tests.integration.conftest import Home, Launcher, Server
 from tests.integration.images import fetch_png
 
 # Long enough on the tiny demo pipeline to be caught mid-run (several seconds).
@@ -53,15 +53,15 @@ def succeeded_lines(logs: list[Path], task_id: str) -> int:
     )
 
 
-def test_worker_killed_mid_task_task_succeeds_exactly_once(start: Callable[..., Any]) -> None:
+def test_worker_killed_mid_task_task_succeeds_exactly_once(start: Launcher) -> None:
     server: Server = start(worker=False)
-    first = start.worker(server.home)  # type: ignore[attr-defined]
+    first = start.worker(server.home)
     task_id = server.submit(SLOW)
     reply = server.wait(task_id, until=running_with_progress)
     assert reply["output"]["task_progress"]["steps"] == 60
     first.kill()
 
-    second = start.worker(server.home)  # type: ignore[attr-defined]
+    second = start.worker(server.home)
     done = server.wait(task_id, timeout=180)
     assert done["output"]["task_status"] == "SUCCEEDED", done
     assert len(done["output"]["results"]) == 1
@@ -78,14 +78,19 @@ def test_worker_killed_mid_task_task_succeeds_exactly_once(start: Callable[..., 
 
 
 def test_task_that_keeps_killing_workers_ends_failed(
-    start: Callable[..., Any], make_home: Callable[..., Home]
+    start: Launcher, make_home: Callable[..., Home]
 ) -> None:
     server: Server = start(home=make_home(max_attempts="2"), worker=False)
     task_id = server.submit(SLOW)
     for attempt in (1, 2):
-        worker = start.worker(server.home)  # type: ignore[attr-defined]
-        server.wait(task_id, until=running_with_progress)
-        assert task_row(server.home, task_id)["attempts"] == attempt
+        worker = start.worker(server.home)
+        # The killed attempt's row reads RUNNING until its lease runs out: wait for this one.
+        server.wait(
+            task_id,
+            until=lambda r, n=attempt: (
+                running_with_progress(r) and task_row(server.home, task_id)["attempts"] == n
+            ),
+        )
         worker.kill()
 
     done = server.wait(task_id, timeout=30)
@@ -95,13 +100,13 @@ def test_task_that_keeps_killing_workers_ends_failed(
     assert output["task_metrics"] == {"TOTAL": 1, "SUCCEEDED": 0, "FAILED": 1}
     assert done["usage"] == {"image_count": 0}
     # And another worker now leaves it alone.
-    start.worker(server.home)  # type: ignore[attr-defined]
+    start.worker(server.home)
     quick = server.wait(server.submit(QUICK))
     assert quick["output"]["task_status"] == "SUCCEEDED"
     assert server.query(task_id)["output"]["task_status"] == "FAILED"
 
 
-def test_pending_tasks_survive_a_restart(start: Callable[..., Any]) -> None:
+def test_pending_tasks_survive_a_restart(start: Launcher) -> None:
     idle: Server = start(worker=False)
     task_ids = [idle.submit(QUICK) for _ in range(3)]
     idle.proc.stop()
@@ -113,7 +118,7 @@ def test_pending_tasks_survive_a_restart(start: Callable[..., Any]) -> None:
         assert fetch_png(done["output"]["results"][0]["url"]).size == (512, 512)
 
 
-def test_serve_stopped_mid_task_hands_it_back(start: Callable[..., Any]) -> None:
+def test_serve_stopped_mid_task_hands_it_back(start: Launcher) -> None:
     server: Server = start()
     task_id = server.submit(SLOW)
     server.wait(task_id, until=running_with_progress)

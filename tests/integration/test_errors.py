@@ -131,7 +131,7 @@ def test_wan22_runs_synchronously_without_the_header(server: Server) -> None:
         ({}, "No API-key provided."),
         ({"Authorization": "Bearer sk-wrong"}, "Invalid API-key provided."),
         ({"Authorization": "sk-no-scheme"}, "Invalid API-key provided."),
-        ({"Authorization": "Bearer "}, "Invalid API-key provided."),
+        ({"Authorization": "Bearer"}, "Invalid API-key provided."),
     ],
 )
 def test_missing_or_wrong_key(server: Server, headers: dict[str, str], message: str) -> None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from tests.integration.conftest import Home, Server
+from tests.integration.conftest import Home, Launcher, Server
 from tests.integration.images import fetch_png
 from tests.integration.test_durability import QUICK, SLOW, running_with_progress
 
 
 def test_api_and_worker_processes_on_postgres(
-    start: Callable[..., Any], make_home: Callable[..., Home], postgres_url: str
+    start: Launcher, make_home: Callable[..., Home], postgres_url: str
 ) -> None:
     home = make_home(database_url=postgres_url)
     api: Server = start(home=home, worker=False)
@@ -20,7 +19,7 @@ def test_api_and_worker_processes_on_postgres(
 
     # Tasks queued before a restart run once a worker appears.
     api = start(home=home, key=api.key, worker=False)
-    first = start.worker(home)  # type: ignore[attr-defined]
+    first = start.worker(home)
     for task_id in queued:
         done = api.wait(task_id)
         assert done["output"]["task_status"] == "SUCCEEDED"
@@ -30,7 +29,7 @@ def test_api_and_worker_processes_on_postgres(
     slow = api.submit(SLOW)
     api.wait(slow, until=running_with_progress)
     first.kill()
-    start.worker(home)  # type: ignore[attr-defined]
+    start.worker(home)
     done = api.wait(slow, timeout=180)
     assert done["output"]["task_status"] == "SUCCEEDED"
     assert "/2/0.png" in done["output"]["results"][0]["url"]

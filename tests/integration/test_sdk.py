@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import dashscope
 import pytest
 from dashscope import ImageSynthesis
 
-from tests.integration.conftest import Server
+from tests.integration.conftest import Launcher, Server
 from tests.integration.images import fetch_png, max_abs_diff, mean_abs_diff
 
 # Tiny demo models on a CPU: same-seed reruns may differ by a rounding step, different seeds
@@ -106,7 +106,7 @@ def test_async_call_fetch_wait(sdk: Server) -> None:
 
 
 @pytest.fixture
-def idle_sdk(start: Callable[..., Server]) -> Iterator[Server]:
+def idle_sdk(start: Launcher) -> Iterator[Server]:
     """A server with no worker: tasks stay PENDING."""
     server = start(worker=False)
     saved = dashscope.base_http_api_url

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import pytest
 
-from tests.integration.conftest import Home, Server
+from tests.integration.conftest import Home, Launcher, Server
 from tests.integration.test_durability import QUICK, attempt_dirs
 
 
@@ -48,7 +47,7 @@ def test_signed_url_cannot_be_altered(server: Server) -> None:
         assert r.json()["code"] == "AccessDenied"
 
 
-def test_signed_url_expires(start: Callable[..., Any], make_home: Callable[..., Home]) -> None:
+def test_signed_url_expires(start: Launcher, make_home: Callable[..., Home]) -> None:
     server: Server = start(home=make_home(url_ttl_seconds="1"))
     done = server.wait(server.submit(QUICK))
     url = done["output"]["results"][0]["url"]
@@ -81,7 +80,7 @@ def test_other_keys_tasks_are_invisible(server: Server) -> None:
 
 @pytest.mark.parametrize("retention", ["2"])
 def test_tasks_and_files_are_forgotten_after_retention(
-    start: Callable[..., Any], make_home: Callable[..., Home], retention: str
+    start: Launcher, make_home: Callable[..., Home], retention: str
 ) -> None:
     server: Server = start(home=make_home(retention_seconds=retention))
     task_id = server.submit(QUICK)

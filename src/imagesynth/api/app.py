@@ -1,20 +1,43 @@
-"""The HTTP application: thin routes over the services built in `build_services`."""
+"""The HTTP application: thin routes over the services built in `Runtime.services`."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from imagesynth.api import routes_files, routes_tasks
 from imagesynth.api.context import Services
 from imagesynth.api.errors import install_error_handlers
 
 
-def create_app(services: Services) -> FastAPI:
+def create_app(
+    services: Services,
+    on_startup: Callable[[], None] | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+) -> FastAPI:
+    """on_startup / on_shutdown run in the app's lifespan: the shutdown hook runs while the
+    server is still alive, before it re-raises the signal that stopped it, so background
+    work (the in-process worker) can hand its task back to the queue."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if on_startup is not None:
+            on_startup()
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                await run_in_threadpool(on_shutdown)
+
     app = FastAPI(
         title="imagesynth",
         description="Self-hosted text-to-image, wire-compatible with DashScope.",
         docs_url="/docs",
         redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.services = services
     install_error_handlers(app)
