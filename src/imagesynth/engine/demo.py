@@ -1,0 +1,350 @@
+"""Tiny random-weight pipelines of each family, built offline, for demos and tests.
+
+The weights are random, so the images are seeded noise, but every component is the real
+diffusers / transformers class saved with `save_pretrained`: the adapters load these folders
+exactly as they load real checkpoints. Tokenizers are made locally from a few sentences, so
+nothing touches the network.
+
+The sizes are tuned for speed at full DashScope resolutions (up to 1440x1440) on a small CPU.
+There the cost is the VAE decoder's work at full resolution and every attention over latent
+pixels, so the decoders are 4-8 channels wide at full resolution, attention runs only at the
+lowest level, and the Qwen-Image and Wan VAEs compress 16x instead of 8x (which makes the
+sizes they generate at multiples of 32; the adapters read this from the pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import string
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from imagesynth.engine.base import FAMILIES, Family, hub_offline, quiet_logs
+
+MARKER = "imagesynth-demo.json"
+SEED = 0
+
+# The tokenizers' vocabularies come from these; what matters is that they cover ordinary prompts.
+_CORPUS = [
+    "a photo of a cat sitting on a red sofa in the morning light",
+    "an oil painting of a mountain lake at sunset, highly detailed",
+    "a poster with the text hello world in bold letters",
+    "a bird flying over the sea, blue sky, white clouds",
+    "portrait of an old man with a beard, black and white photograph",
+    "a futuristic city at night with neon lights and rain",
+    "watercolor flowers in a glass vase on a wooden table",
+    "blurry, low quality, distorted, ugly, bad anatomy, watermark",
+    "一只猫坐在红色沙发上",
+    "山水画，日落，湖泊",
+]
+
+
+def build_demo_weights(root: Path) -> dict[Family, Path]:
+    """Build (or reuse) one tiny pipeline per family under `root/<family>/`.
+
+    Idempotent: a family whose folder is complete is left alone. Atomic: each folder is built
+    in a temporary sibling and renamed into place, so concurrent builders never see a
+    half-written folder, and the loser of a race uses the winner's.
+    """
+    root = Path(root).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    return {family: _ensure(root, family) for family in FAMILIES}
+
+
+def is_demo_weights(path: str | Path) -> bool:
+    """True when `path` is a folder written by `build_demo_weights`."""
+    marker = Path(path) / MARKER
+    try:
+        return json.loads(marker.read_text()).get("demo") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _ensure(root: Path, family: Family) -> Path:
+    target = root / family
+    if is_demo_weights(target):
+        return target
+    if target.exists():
+        raise FileExistsError(f"{target} exists but is not a complete demo weights folder")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{family}-", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the weights are not secret
+    try:
+        quiet_logs()
+        with hub_offline(), _seeded(SEED):
+            _BUILDERS[family]().save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps({"demo": True, "family": family}) + "\n")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another process renamed its build into place first: use theirs.
+            if not is_demo_weights(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    import torch
+
+    # fork_rng restores the global generator afterwards, so building leaves callers' RNG alone.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _train_bpe(special: list[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS, trainer)
+    model = json.loads(tok.to_str())["model"]
+    pairs = (m.split(" ") if isinstance(m, str) else m for m in model["merges"])
+    return model["vocab"], [(a, b) for a, b in pairs]
+
+
+def _unigram_vocab() -> list[tuple[str, float]]:
+    """A SentencePiece-style Unigram vocabulary: whole words and single characters, scored by
+    log frequency in the corpus, after the ids T5 expects (<pad> 0, </s> 1, <unk> 2).
+
+    Counted here rather than with tokenizers' UnigramTrainer, whose output differs between
+    runs (hash-map order and float ties), which would make builds irreproducible.
+    """
+    # Every printable ASCII character once, so that ordinary prompts need no <unk>.
+    counts: Counter[str] = Counter(string.printable.strip())
+    for line in _CORPUS:
+        for word in line.split():
+            counts["\u2581" + word] += 1
+            counts.update("\u2581" + word)
+    total = sum(counts.values())
+    scored = sorted(
+        ((p, math.log(c / total)) for p, c in counts.items()), key=lambda x: (-x[1], x[0])
+    )
+    return [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *scored]
+
+
+def _build_qwen_image() -> Any:
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2Tokenizer,
+    )
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab, merges = _train_bpe(special, vocab_size=400)
+    # The hint says list[str], but the BPE model underneath takes (left, right) pairs.
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]
+    tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
+    hidden = 16
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": hidden,
+            "intermediate_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "vocab_size": len(tokenizer),
+            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+            "rope_theta": 1000000.0,
+            "bos_token_id": None,
+            "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_heads": 2,
+            "out_hidden_size": hidden,
+        },
+    )
+    text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=hidden,
+        axes_dims_rope=(8, 4, 4),
+    )
+    # 16x instead of the real 8x: a fifth level makes the latents, the transformer's tokens
+    # and the VAE's mid-block attention 4x smaller. The wider low levels make the image follow
+    # the seed rather than the random biases.
+    vae = AutoencoderKLQwenImage(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 2, 4, 4, 4],
+        num_res_blocks=0,
+        temperal_downsample=[False, False, True, True],
+        latents_mean=[0.0] * 4,
+        latents_std=[1.0] * 4,
+    )
+    return QwenImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+
+
+def _build_wan() -> Any:
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
+
+    tokenizer = T5Tokenizer(vocab=_unigram_vocab(), extra_ids=0)
+    d_model = 32
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=d_model,
+            d_kv=16,
+            d_ff=32,
+            num_layers=2,
+            num_heads=2,
+            relative_attention_num_buckets=8,
+        )
+    )
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=d_model,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=1,
+        qk_norm="rms_norm_across_heads",
+    )
+    # Patchified like the Wan 2.2 TI2V-5B VAE: the decoder stops at half resolution and its 12
+    # channels unfold into 2x2 RGB pixels (16x in all), a quarter of the full-resolution work.
+    vae = AutoencoderKLWan(
+        base_dim=8,
+        decoder_base_dim=8,
+        z_dim=16,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=0,
+        temperal_downsample=[False, True, True],
+        patch_size=2,
+        in_channels=12,
+        out_channels=12,
+        scale_factor_spatial=16,
+    )
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+    )
+
+
+def _build_stable_diffusion() -> Any:
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    chars = sorted(ByteLevel.alphabet())
+    special = ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate([*chars, *(c + "</w>" for c in chars), *special])}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    hidden = 32
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    # Attention only at the lowest of four levels and no VAE mid-block attention: at 1024x1024
+    # the 128x128 latents make any attention above that level dominate the time.
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8, 8, 16),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+        cross_attention_dim=hidden,
+        attention_head_dim=2,
+        norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(4, 8, 8, 8),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        mid_block_add_attention=False,
+        sample_size=64,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+
+
+_BUILDERS: dict[Family, Callable[[], Any]] = {
+    "qwen-image": _build_qwen_image,
+    "wan": _build_wan,
+    "stable-diffusion": _build_stable_diffusion,
+}

@@ -1,0 +1,56 @@
+"""Qwen-Image (QwenImagePipeline): Qwen/Qwen-Image and its demo weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+
+from imagesynth.engine.base import (
+    EngineSpec,
+    GenerationBatch,
+    StepCallback,
+    cpu_generators,
+    fit,
+    load_pipeline,
+    run_size,
+    step_callback,
+)
+
+
+class QwenImageAdapter:
+    """Text to image with a QwenImagePipeline folder or hub id."""
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        self._pipe: Any = None
+
+    def load(self) -> None:
+        from diffusers import QwenImagePipeline
+
+        self._pipe = load_pipeline(QwenImagePipeline, self.spec, cuda_auto="bfloat16")
+
+    def generate(self, batch: GenerationBatch, on_step: StepCallback) -> list[Image.Image]:
+        import torch
+
+        pipe = self._pipe
+        if pipe is None:
+            raise RuntimeError("load() first")
+        # Latents are 2x2-packed: the pipeline rounds sizes down to 2x the VAE factor.
+        width, height = run_size(batch.width, batch.height, pipe.vae_scale_factor * 2)
+        # true CFG runs only with a negative prompt; " " is the usual empty one.
+        cfg = batch.guidance > 1
+        with torch.inference_mode():
+            out = pipe(
+                prompt=batch.prompt,
+                negative_prompt=(batch.negative_prompt or " ") if cfg else None,
+                true_cfg_scale=batch.guidance if cfg else 1.0,
+                width=width,
+                height=height,
+                num_inference_steps=batch.steps,
+                num_images_per_prompt=len(batch.seeds),
+                generator=cpu_generators(batch.seeds),
+                output_type="pil",
+                callback_on_step_end=step_callback(on_step, batch.steps),
+            )
+        return [fit(image, batch.width, batch.height) for image in out.images]

@@ -1,0 +1,61 @@
+"""Wan text-to-video pipelines (WanPipeline) used for still images: one frame per video.
+
+Works with Wan 2.1 T2V, Wan 2.2 T2V A14B (two transformers) and Wan 2.2 TI2V-5B folders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+
+from imagesynth.engine.base import (
+    EngineSpec,
+    GenerationBatch,
+    StepCallback,
+    cpu_generators,
+    fit,
+    load_pipeline,
+    run_size,
+    step_callback,
+)
+
+
+class WanAdapter:
+    """Text to image with a WanPipeline folder or hub id, at num_frames=1."""
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        self._pipe: Any = None
+
+    def load(self) -> None:
+        from diffusers import WanPipeline
+
+        self._pipe = load_pipeline(WanPipeline, self.spec, cuda_auto="bfloat16")
+
+    def generate(self, batch: GenerationBatch, on_step: StepCallback) -> list[Image.Image]:
+        import torch
+
+        pipe = self._pipe
+        if pipe is None:
+            raise RuntimeError("load() first")
+        # The transformer patchifies the latents: 16 for Wan 2.1 and 2.2 A14B, 32 for TI2V-5B.
+        transformer = pipe.transformer if pipe.transformer is not None else pipe.transformer_2
+        multiple = pipe.vae_scale_factor_spatial * transformer.config.patch_size[1]
+        width, height = run_size(batch.width, batch.height, multiple)
+        with torch.inference_mode():
+            out = pipe(
+                prompt=batch.prompt,
+                negative_prompt=batch.negative_prompt or None,
+                guidance_scale=batch.guidance,
+                width=width,
+                height=height,
+                num_frames=1,
+                num_inference_steps=batch.steps,
+                num_videos_per_prompt=len(batch.seeds),
+                generator=cpu_generators(batch.seeds),
+                output_type="pil",
+                callback_on_step_end=step_callback(on_step, batch.steps),
+            )
+        # .frames: one list of frames per video; the single frame is the image.
+        return [fit(video[0], batch.width, batch.height) for video in out.frames]
