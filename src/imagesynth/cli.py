@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from imagesynth.config import Settings
+from imagesynth.engine.memory import keep_freed_memory
 from imagesynth.runtime import Runtime, configure_logging
 
 app = typer.Typer(help="Self-hosted text-to-image, wire-compatible with DashScope.")
@@ -65,6 +66,8 @@ def serve(
 
     from imagesynth.api.app import create_app
 
+    if not no_worker:
+        keep_freed_memory()  # before any thread starts: see engine/memory.py
     rt = _runtime()
     services = rt.services()
     if not rt.store.list_keys():
@@ -111,6 +114,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a worker process on the same state as the service (same IMAGESYNTH_HOME/database)."""
+    keep_freed_memory()  # before any thread starts: see engine/memory.py
     rt = _runtime()
     for name in models or []:
         rt.catalog.get(name)

@@ -157,6 +157,7 @@ class Worker:
             spec = self.catalog.get(task.model)
             adapter = self._adapter(spec)
             images = adapter.generate(self._batch(task), self._on_step(task))
+            generated = time.monotonic()
             results = []
             for i, image in enumerate(images):
                 key = f"{task.id}/{attempt}/{i}.png"
@@ -179,7 +180,12 @@ class Worker:
             )
             return
         if self._finish(task, TaskStatus.SUCCEEDED, results=results):
-            log.info("task %s succeeded in %.2fs", task.id, time.monotonic() - started)
+            log.info(
+                "task %s succeeded in %.2fs (pipeline %.2fs)",
+                task.id,
+                time.monotonic() - started,
+                generated - started,
+            )
 
     def _finish(
         self,
