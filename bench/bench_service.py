@@ -1,13 +1,15 @@
 """Benchmark: submit latency under concurrency, and the service's overhead over the bare pipeline.
 
-    .venv/bin/python bench/bench_service.py [--model wan2.2-t2i-flash] [--size 512*512]
+    .venv/bin/python bench/bench_service.py [--model wan2.2-t2i-flash] [--size 512*512] [--tasks 20]
 
 Prints:
 1. submit latency p50/p99 with 20 concurrent clients (API only, `serve --no-worker`, so the
    figure is the HTTP + validation + durable-insert path, not queueing behind generation);
-2. the end-to-end time of 20 tasks through `serve` (submit, queue, generate, PNG, store,
+2. the end-to-end time of 20 tasks through the service (submit, queue, generate, PNG, store,
    poll until SUCCEEDED, download) divided by the time of the same 20 generations called
-   directly on the loaded pipeline in this process: the service's overhead ratio.
+   directly on the loaded pipeline in this process: the service's overhead ratio, for both
+   topologies: `serve` with its in-process worker, and `serve --no-worker` beside a separate
+   `imagesynth worker` process.
 Everything runs on this machine's loopback; the figures are from one run.
 """
 
@@ -38,7 +40,9 @@ def free_port() -> int:
 
 
 class Service:
-    def __init__(self, home: Path, demo: Path, worker: bool) -> None:
+    def __init__(self, home: Path, demo: Path, worker: str) -> None:
+        """worker: "none" (API only), "in-process" (serve's own) or "process" (a separate
+        `imagesynth worker` on the same home)."""
         self.env = {
             **os.environ,
             "IMAGESYNTH_HOME": str(home),
@@ -55,9 +59,17 @@ class Service:
             check=True,
         ).stdout.strip()
         self.port = free_port()
-        args = [str(BIN), "serve", "--port", str(self.port)] + ([] if worker else ["--no-worker"])
+        args = [str(BIN), "serve", "--port", str(self.port)]
+        if worker != "in-process":
+            args.append("--no-worker")
         with (home / "serve.log").open("w") as log:
             self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.worker = None
+        if worker == "process":
+            with (home / "worker.log").open("w") as log:
+                self.worker = subprocess.Popen(
+                    [str(BIN), "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+                )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60
         while True:
@@ -75,8 +87,10 @@ class Service:
         )
 
     def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
+        for proc in (self.proc, self.worker):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
 
 
 def body(model: str, size: str, seed: int) -> dict:
@@ -193,32 +207,39 @@ def main() -> None:
         )
         print(f"model {args.model}, size {args.size}, demo weights, {os.cpu_count()} CPUs\n")
 
-        api = Service(Path(tmp) / "api", demo, worker=False)
+        api = Service(Path(tmp) / "api", demo, worker="none")
         try:
             bench_submit_latency(api, args.model, args.size, args.clients, args.per_client)
         finally:
             api.close()
 
         seeds = list(range(100, 100 + args.tasks))
-        svc = Service(Path(tmp) / "svc", demo, worker=True)
-        try:
-            run_tasks(svc, args.model, args.size, [1])  # warm-up: loads the pipeline
-            service_s = run_tasks(svc, args.model, args.size, seeds)
-        finally:
-            svc.close()
-            if os.environ.get("BENCH_LOG_LEVEL"):  # e.g. INFO: per-task timings from the worker
-                print((Path(tmp) / "svc" / "serve.log").read_text())
+        through: dict[str, float] = {}
+        for topology in ("in-process", "process"):
+            svc = Service(Path(tmp) / topology, demo, worker=topology)
+            try:
+                run_tasks(svc, args.model, args.size, [1])  # warm-up: loads the pipeline
+                through[topology] = run_tasks(svc, args.model, args.size, seeds)
+            finally:
+                svc.close()
+                if os.environ.get("BENCH_LOG_LEVEL"):  # e.g. INFO: per-task timings
+                    print((Path(tmp) / topology / "serve.log").read_text())
         direct_s = bench_direct(demo, args.model, args.size, seeds)
 
     print(
-        f"\n{args.tasks} tasks end to end through the service: {service_s:.2f} s "
-        f"({service_s / args.tasks * 1000:.0f} ms/task)"
-    )
-    print(
-        f"{args.tasks} direct pipeline calls in one process: {direct_s:.2f} s "
+        f"\n{args.tasks} direct pipeline calls in one process: {direct_s:.2f} s "
         f"({direct_s / args.tasks * 1000:.0f} ms/call)"
     )
-    print(f"service overhead ratio: {service_s / direct_s:.2f}x")
+    for topology, label in (
+        ("in-process", "serve with its in-process worker"),
+        ("process", "serve --no-worker + a separate `imagesynth worker`"),
+    ):
+        service_s = through[topology]
+        print(
+            f"{args.tasks} tasks end to end, {label}: {service_s:.2f} s "
+            f"({service_s / args.tasks * 1000:.0f} ms/task), "
+            f"overhead ratio {service_s / direct_s:.2f}x"
+        )
 
 
 if __name__ == "__main__":

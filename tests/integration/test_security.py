@@ -48,11 +48,11 @@ def test_signed_url_cannot_be_altered(server: Server) -> None:
 
 
 def test_signed_url_expires(start: Launcher, make_home: Callable[..., Home]) -> None:
-    server: Server = start(home=make_home(url_ttl_seconds="1"))
+    server: Server = start(home=make_home(url_ttl_seconds="3"))
     done = server.wait(server.submit(QUICK))
     url = done["output"]["results"][0]["url"]
     assert httpx.get(url).status_code == 200
-    time.sleep(2.1)
+    time.sleep(4.1)
     r = httpx.get(url)
     assert r.status_code == 403
     assert r.json()["message"] == "Request has expired."

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import time
@@ -51,7 +52,8 @@ class UrlSigner:
 
     def sign(self, path: str, now: float | None = None) -> str:
         """'/files/a/b.png' -> '/files/a/b.png?Expires=...&Signature=...'"""
-        expires = int((time.time() if now is None else now) + self.ttl_seconds)
+        # Rounded up: a link is never valid for less than the TTL.
+        expires = math.ceil((time.time() if now is None else now) + self.ttl_seconds)
         return f"{path}?Expires={expires}&Signature={self._signature(path, expires)}"
 
     def verify(self, path: str, expires: str | None, signature: str | None) -> None:
