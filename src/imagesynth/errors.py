@@ -65,3 +65,15 @@ class RouteNotFound(ImageSynthError):
 
 class MethodNotAllowed(ImageSynthError):
     """The method is not allowed for the requested URL."""
+
+
+class TaskFailed(ImageSynthError):
+    """The task failed."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SyncTimeout(ImageSynthError):
+    """The request timed out waiting for the image; the task was cancelled."""

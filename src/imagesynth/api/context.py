@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,3 +72,14 @@ async def read_json_object(request: Request) -> dict[str, Any]:
 def public_base_url(request: Request) -> str:
     configured = services_of(request).settings.public_url
     return (configured or str(request.base_url)).rstrip("/")
+
+
+def url_for(request: Request) -> Callable[[str], str]:
+    """blob key -> the absolute signed URL a client downloads it from."""
+    base = public_base_url(request)
+    signer = services_of(request).signer
+    return lambda key: base + signer.sign(f"/files/{key}")
+
+
+def is_async(request: Request) -> bool:
+    return request.headers.get("x-dashscope-async", "").strip().lower() == "enable"

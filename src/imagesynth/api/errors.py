@@ -30,10 +30,16 @@ ERRORS: list[tuple[type[errors.ImageSynthError], int, str]] = [
     (errors.ResourceNotFound, 404, "NotFound"),
     (errors.RouteNotFound, 404, "NotFound"),
     (errors.MethodNotAllowed, 405, "MethodNotAllowed"),
+    (errors.SyncTimeout, 408, "RequestTimeOut"),
 ]
+
+# A failed task's own code, answered on a synchronous endpoint: the client's fault or ours.
+_CLIENT_TASK_CODES = ("InvalidParameter", "DataInspectionFailed", "BadRequest")
 
 
 def status_and_code(exc: errors.ImageSynthError) -> tuple[int, str]:
+    if isinstance(exc, errors.TaskFailed):
+        return (400 if exc.code.startswith(_CLIENT_TASK_CODES) else 500), exc.code
     for cls, status, code in ERRORS:
         if isinstance(exc, cls):
             return status, code
@@ -51,7 +57,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.ImageSynthError)
     async def domain_error(request: Request, exc: errors.ImageSynthError) -> JSONResponse:
         status, code = status_and_code(exc)
-        if status >= 500:
+        if status >= 500 and not isinstance(exc, errors.TaskFailed):
             log.error("request %s failed", request_id_of(request), exc_info=exc)
             return error_response(request, status, code, errors.ImageSynthError().message)
         return error_response(request, status, code, exc.message)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import datetime
 from typing import Any
@@ -12,18 +11,19 @@ from starlette.concurrency import run_in_threadpool
 
 from imagesynth.api.context import (
     authenticate,
-    public_base_url,
+    is_async,
     read_json_object,
     request_id_of,
     services_of,
+    url_for,
 )
 from imagesynth.api.schemas import (
     SynthesisRequest,
-    UrlFor,
     list_item,
     task_reply,
     unknown_task_reply,
 )
+from imagesynth.api.sync_wait import wait_for_end
 from imagesynth.errors import AccessDenied, InvalidParameter
 from imagesynth.tasks.models import Task, TaskFilter, TaskStatus
 
@@ -34,23 +34,13 @@ LIST_WINDOW_SECONDS = 24 * 3600
 MAX_PAGE_SIZE = 100
 
 
-def _url_for(request: Request) -> UrlFor:
-    base = public_base_url(request)
-    signer = services_of(request).signer
-    return lambda key: base + signer.sign(f"/files/{key}")
-
-
-def _is_async(request: Request) -> bool:
-    return request.headers.get("x-dashscope-async", "").strip().lower() == "enable"
-
-
 @router.post("/api/v1/services/aigc/text2image/image-synthesis")
 async def submit(request: Request) -> dict[str, Any]:
     svc = services_of(request)
     key = await authenticate(request)
     body = SynthesisRequest.parse(await read_json_object(request))
     spec = svc.catalog.get(body.model)
-    synchronous = not _is_async(request)
+    synchronous = not is_async(request)
     if synchronous and not spec.sync:
         raise AccessDenied("current user api does not support synchronous calls")
     task = await run_in_threadpool(
@@ -66,28 +56,8 @@ async def submit(request: Request) -> dict[str, Any]:
             "request_id": request_id_of(request),
             "output": {"task_id": task.id, "task_status": str(task.status)},
         }
-    task = await _wait_for_end(request, task)
-    return task_reply(request_id_of(request), task, spec, _url_for(request))
-
-
-async def _wait_for_end(request: Request, task: Task) -> Task:
-    """Hold a synchronous request until its task ends. The task waits in the same queue as
-    every other; a caller that hangs up or times out gets its task cancelled."""
-    svc = services_of(request)
-    deadline = time.monotonic() + svc.settings.sync_timeout_seconds
-    delay = 0.05
-    while True:
-        current = await run_in_threadpool(svc.tasks.store.get_task, task.id)
-        if current is None or current.status.is_final:
-            return current or task
-        if await request.is_disconnected() or time.monotonic() > deadline:
-            await run_in_threadpool(svc.tasks.abandon, task.id)
-            if time.monotonic() > deadline:
-                current = await run_in_threadpool(svc.tasks.store.get_task, task.id)
-                return current or task
-            return current
-        await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+    task = await wait_for_end(request, task)
+    return task_reply(request_id_of(request), task, spec, url_for(request))
 
 
 @router.get("/api/v1/tasks/{task_id}")
@@ -98,7 +68,7 @@ async def query(request: Request, task_id: str) -> dict[str, Any]:
     if task is None:
         return unknown_task_reply(request_id_of(request), task_id)
     spec = svc.catalog.models.get(task.model)
-    return task_reply(request_id_of(request), task, spec, _url_for(request))
+    return task_reply(request_id_of(request), task, spec, url_for(request))
 
 
 @router.post("/api/v1/tasks/{task_id}/cancel")

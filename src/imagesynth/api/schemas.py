@@ -76,6 +76,101 @@ class SynthesisRequest(_Loose):
         }
 
 
+class MultimodalParameters(SynthesisParameters):
+    negative_prompt: StrictStr | None = None
+
+
+class MultimodalInput(_Loose):
+    messages: list[Any] | None = None
+
+
+class MultimodalRequest(_Loose):
+    """The Qwen-Image synchronous body: exactly one user message with exactly one text."""
+
+    model: StrictStr | None = None
+    input: MultimodalInput | None = None
+    parameters: MultimodalParameters | None = None
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> MultimodalRequest:
+        try:
+            request = cls.model_validate(body)
+        except PydanticValidationError as exc:
+            first = exc.errors()[0]
+            raise InvalidParameter(
+                f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+            ) from None
+        if not request.model:
+            raise EmptyModel()
+        if request.input is None or request.input.messages is None:
+            raise EmptyInput('Required parameter "input.messages" missing from request.')
+        return request
+
+    def prompt(self) -> str:
+        assert self.input is not None and self.input.messages is not None
+        messages = self.input.messages
+        if len(messages) != 1 or not isinstance(messages[0], dict):
+            raise InvalidParameter("input.messages must hold exactly one user message")
+        message = messages[0]
+        if message.get("role") != "user":
+            raise InvalidParameter("input.messages[0].role must be 'user'")
+        content = message.get("content")
+        if (
+            not isinstance(content, list)
+            or len(content) != 1
+            or not isinstance(content[0], dict)
+            or set(content[0]) != {"text"}
+            or not isinstance(content[0]["text"], str)
+        ):
+            raise InvalidParameter(
+                'input.messages[0].content must hold exactly one item, {"text": prompt}'
+            )
+        return str(content[0]["text"])
+
+    def generation_fields(self) -> dict[str, Any]:
+        p = self.parameters or MultimodalParameters()
+        return {
+            "prompt": self.prompt(),
+            "negative_prompt": p.negative_prompt,
+            "size": p.size,
+            "n": p.n,
+            "seed": p.seed,
+            "steps": p.steps,
+            "guidance": p.guidance,
+            "prompt_extend": p.prompt_extend,
+            "watermark": p.watermark,
+        }
+
+
+def multimodal_reply(request_id: str, task: Task, url_for: UrlFor) -> dict[str, Any]:
+    """The Qwen-Image synchronous reply (note `task_metric`, singular, as DashScope has it)."""
+    images = [r for r in task.results if r.blob_key]
+    return {
+        "request_id": request_id,
+        "output": {
+            "choices": [
+                {
+                    "finish_reason": "stop",
+                    "message": {
+                        "role": "assistant",
+                        "content": [{"image": url_for(r.blob_key)} for r in images if r.blob_key],
+                    },
+                }
+            ],
+            "task_metric": {
+                "TOTAL": task.params.n,
+                "SUCCEEDED": len(images),
+                "FAILED": task.params.n - len(images),
+            },
+        },
+        "usage": {
+            "image_count": len(images),
+            "width": task.params.width,
+            "height": task.params.height,
+        },
+    }
+
+
 def format_time(epoch: float | None) -> str | None:
     """DashScope's `YYYY-MM-DD HH:mm:ss.SSS`, local time, no zone suffix."""
     if epoch is None:
