@@ -7,9 +7,11 @@ loose fields into GenerationParams or raises InvalidParameter naming the field.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import tomllib
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,23 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class Style:
+    """A wanx-v1 style: how it rewrites the prompts, and its own guidance default.
+
+    Kept in the catalog's [styles] table so an operator can tune each style (or add one)."""
+
+    name: str
+    prompt: str = "{prompt}"  # a template: {prompt} is the user's prompt
+    negative_prompt: str = ""  # appended to the user's negative prompt
+    guidance: float | None = None  # used when the request gives no guidance
+
+    def apply(self, prompt: str, negative_prompt: str) -> tuple[str, str]:
+        styled = self.prompt.replace("{prompt}", prompt)
+        negative = ", ".join(p for p in (negative_prompt, self.negative_prompt) if p)
+        return styled, negative
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     family: Family
@@ -74,6 +93,9 @@ class ModelSpec:
     negative_prompt_max_chars: int = 500
     result_prompts: bool = True
     sync: bool = False
+    styles: bool = False  # takes parameters.style (from the catalog's [styles] table)
+    # Filled from [styles] when `styles` is true; not a per-model TOML key.
+    style_table: Mapping[str, Style] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def is_demo(self) -> bool:
@@ -150,15 +172,22 @@ class ModelSpec:
             raise InvalidParameter(
                 f"steps must be in [1, {self.max_steps}] for {self.name}; got {steps}"
             )
+        if not self.styles:
+            style = None  # as on DashScope, models without styles ignore the parameter
+        elif style is not None and style not in self.style_table:
+            raise InvalidParameter(
+                f"style must be one of {', '.join(self.style_table)}; got {style!r}"
+            )
         if guidance is None:
-            guidance = self.guidance
+            chosen = self.style_table[style] if style is not None else None
+            guidance = (
+                self.guidance if chosen is None or chosen.guidance is None else chosen.guidance
+            )
         elif not self.guidance_min <= guidance <= self.guidance_max:
             raise InvalidParameter(
                 f"guidance must be in [{self.guidance_min}, {self.guidance_max}] "
                 f"for {self.name}; got {guidance}"
             )
-        if style is not None and self.family == "stable-diffusion" and style not in STYLES:
-            raise InvalidParameter(f"style must be one of {', '.join(STYLES)}; got {style!r}")
         # The docs say over-long prompts are truncated, not rejected.
         return GenerationParams(
             prompt=prompt[: self.prompt_max_chars],
@@ -176,9 +205,12 @@ class ModelSpec:
 
 
 class Catalog:
-    def __init__(self, models: dict[str, ModelSpec], source: str) -> None:
+    def __init__(
+        self, models: dict[str, ModelSpec], source: str, styles: Mapping[str, Style] | None = None
+    ) -> None:
         self.models = models
         self.source = source
+        self.styles = dict(styles or {})
 
     def get(self, name: str | None) -> ModelSpec:
         spec = self.models.get(name or "")
@@ -198,7 +230,8 @@ class Catalog:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise CatalogError(f"{source}: {exc}") from None
-        return cls(_parse_models(data.get("models", {}), source), source)
+        styles = _parse_styles(data.get("styles", {}), source)
+        return cls(_parse_models(data.get("models", {}), source, styles), source, styles)
 
 
 def _has_type(value: object, annotation: object) -> bool:
@@ -210,6 +243,7 @@ def _has_type(value: object, annotation: object) -> bool:
         "bool": (bool,),
         "Family": (str,),
         "tuple[str, ...]": (tuple,),
+        "Mapping[str, Style]": (dict,),
     }[str(annotation)]
     if isinstance(value, bool) and bool not in expected:
         return False
@@ -218,8 +252,31 @@ def _has_type(value: object, annotation: object) -> bool:
     return isinstance(value, expected)
 
 
-def _parse_models(raw: dict[str, Any], source: str) -> dict[str, ModelSpec]:
-    known = {f.name for f in fields(ModelSpec)} - {"name"}
+def _parse_styles(raw: dict[str, Any], source: str) -> dict[str, Style]:
+    known = {f.name for f in fields(Style)} - {"name"}
+    styles: dict[str, Style] = {}
+    for name, entry in raw.items():
+        if not isinstance(entry, dict) or set(entry) - known:
+            raise CatalogError(f"{source}: style {name}: keys must be among {sorted(known)}")
+        if not isinstance(entry.get("prompt", "{prompt}"), str) or "{prompt}" not in entry.get(
+            "prompt", "{prompt}"
+        ):
+            raise CatalogError(f"{source}: style {name}: prompt must contain {{prompt}}")
+        if not isinstance(entry.get("negative_prompt", ""), str):
+            raise CatalogError(f"{source}: style {name}: negative_prompt must be a string")
+        guidance = entry.get("guidance")
+        if guidance is not None and (
+            isinstance(guidance, bool) or not isinstance(guidance, int | float)
+        ):
+            raise CatalogError(f"{source}: style {name}: guidance must be a number")
+        styles[name] = Style(name=name, **entry)
+    return styles
+
+
+def _parse_models(
+    raw: dict[str, Any], source: str, styles: Mapping[str, Style]
+) -> dict[str, ModelSpec]:
+    known = {f.name for f in fields(ModelSpec)} - {"name", "style_table"}
     models: dict[str, ModelSpec] = {}
     for name, entry in raw.items():
         unknown = set(entry) - known
@@ -242,6 +299,10 @@ def _parse_models(raw: dict[str, Any], source: str) -> dict[str, ModelSpec]:
             if f.name in values and not _has_type(values[f.name], f.type):
                 raise CatalogError(f"{source}: model {name}: {f.name} must be {f.type}")
         spec = ModelSpec(name=name, **values)
+        if spec.styles:
+            if not styles:
+                raise CatalogError(f"{source}: model {name}: styles = true but no [styles]")
+            spec = dataclasses.replace(spec, style_table=styles)
         if spec.sizes and spec.default_size not in spec.sizes:
             raise CatalogError(f"{source}: model {name}: default_size must be one of sizes")
         if not 1 <= spec.n_default <= spec.n_max:

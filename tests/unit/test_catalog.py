@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from imagesynth.catalog import SEED_MAX, STYLES, Catalog, CatalogError, ModelSpec
+from imagesynth.catalog import SEED_MAX, STYLES, Catalog, CatalogError, ModelSpec, Style
 from imagesynth.errors import InvalidParameter, ModelNotFound
 from imagesynth.tasks.models import GenerationParams
 
@@ -433,3 +433,48 @@ def test_catalog_file_errors(tmp_path: Path, text: str, match: str) -> None:
         load(tmp_path, text)
 
     assert str(tmp_path / "catalog.toml") in info.value.message
+
+
+# -- wanx-v1 styles ---------------------------------------------------------------------------
+
+
+def test_builtin_styles_are_dashscopes_ten(catalog: Catalog) -> None:
+    assert tuple(catalog.styles) == STYLES
+    assert tuple(catalog.get("wanx-v1").style_table) == STYLES
+
+
+def test_style_sets_its_guidance_unless_the_request_does(catalog: Catalog) -> None:
+    anime = catalog.styles["<anime>"]
+    assert anime.guidance is not None
+    assert validate(catalog, "wanx-v1", style="<anime>").guidance == anime.guidance
+    assert validate(catalog, "wanx-v1", style="<anime>", guidance=3.0).guidance == 3.0
+    assert validate(catalog, "wanx-v1").guidance == catalog.get("wanx-v1").guidance
+
+
+def test_models_without_styles_ignore_the_parameter(catalog: Catalog) -> None:
+    params = validate(catalog, "wan2.2-t2i-flash", style="<anime>")
+    assert params.style is None
+    assert params.guidance == catalog.get("wan2.2-t2i-flash").guidance
+
+
+def test_style_apply_wraps_prompts() -> None:
+    style = Style(name="<x>", prompt="ink of {prompt}, misty", negative_prompt="photo")
+    assert style.apply("a crane", "") == ("ink of a crane, misty", "photo")
+    assert style.apply("a crane", "blurry") == ("ink of a crane, misty", "blurry, photo")
+    assert Style(name="<auto>").apply("a crane", "blurry") == ("a crane", "blurry")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('[styles."<a>"]\nprompt = "no placeholder"\n', "must contain"),
+        ('[styles."<a>"]\ncolour = "red"\n', "keys must be among"),
+        ('[styles."<a>"]\nguidance = "high"\n', "guidance must be a number"),
+        ('[models.x]\nfamily = "wan"\nstyles = true\n', "no \\[styles\\]"),
+    ],
+)
+def test_style_table_errors(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "catalog.toml"
+    path.write_text(text + ('\n[models.y]\nfamily = "wan"\n' if "models" not in text else ""))
+    with pytest.raises(CatalogError, match=match):
+        Catalog.load(path)

@@ -156,7 +156,7 @@ class Worker:
         try:
             spec = self.catalog.get(task.model)
             adapter = self._adapter(spec)
-            images = adapter.generate(self._batch(task), self._on_step(task))
+            images = adapter.generate(self._batch(task, spec), self._on_step(task))
             generated = time.monotonic()
             results = []
             for i, image in enumerate(images):
@@ -205,11 +205,15 @@ class Worker:
         return done
 
     @staticmethod
-    def _batch(task: Task) -> GenerationBatch:
+    def _batch(task: Task, spec: ModelSpec) -> GenerationBatch:
         p = task.params
+        prompt, negative_prompt = p.prompt, p.negative_prompt
+        style = spec.style_table.get(p.style) if p.style else None
+        if style is not None:
+            prompt, negative_prompt = style.apply(prompt, negative_prompt)
         return GenerationBatch(
-            prompt=p.prompt,
-            negative_prompt=p.negative_prompt,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
             width=p.width,
             height=p.height,
             seeds=tuple(p.seed + i for i in range(p.n)),
