@@ -22,6 +22,8 @@ from imagesynth.tasks.models import GenerationParams
 
 SEED_MAX = 2_147_483_647
 DEMO_WEIGHTS = "demo"
+REF_MODES = ("repaint", "refonly")
+DEFAULT_REF_STRENGTH = 0.5
 STYLES = (
     "<auto>",
     "<photography>",
@@ -93,6 +95,7 @@ class ModelSpec:
     negative_prompt_max_chars: int = 500
     result_prompts: bool = True
     sync: bool = False
+    reference_images: bool = False  # takes input.ref_img with ref_strength and ref_mode
     styles: bool = False  # takes parameters.style (from the catalog's [styles] table)
     # Filled from [styles] when `styles` is true; not a per-model TOML key.
     style_table: Mapping[str, Style] = field(default_factory=dict, compare=False, repr=False)
@@ -152,6 +155,9 @@ class ModelSpec:
         prompt_extend: bool | None = None,
         watermark: bool | None = None,
         style: str | None = None,
+        has_reference: bool = False,
+        ref_strength: float | None = None,
+        ref_mode: str | None = None,
     ) -> GenerationParams:
         if prompt is None or not prompt.strip():
             raise InvalidParameter("Field required: input.prompt")
@@ -188,6 +194,19 @@ class ModelSpec:
                 f"guidance must be in [{self.guidance_min}, {self.guidance_max}] "
                 f"for {self.name}; got {guidance}"
             )
+        if not has_reference:
+            ref_strength = ref_mode = None
+        elif not self.reference_images:
+            raise InvalidParameter(f"Model {self.name} does not take a reference image (ref_img)")
+        else:
+            ref_strength = DEFAULT_REF_STRENGTH if ref_strength is None else ref_strength
+            if not 0.0 <= ref_strength <= 1.0:
+                raise InvalidParameter(f"ref_strength must be in [0.0, 1.0]; got {ref_strength}")
+            ref_mode = ref_mode or "repaint"
+            if ref_mode not in REF_MODES:
+                raise InvalidParameter(
+                    f"ref_mode must be one of {', '.join(REF_MODES)}; got {ref_mode!r}"
+                )
         # The docs say over-long prompts are truncated, not rejected.
         return GenerationParams(
             prompt=prompt[: self.prompt_max_chars],
@@ -201,6 +220,8 @@ class ModelSpec:
             prompt_extend=True if prompt_extend is None else prompt_extend,
             watermark=bool(watermark),
             style=style,
+            ref_strength=None if ref_strength is None else float(ref_strength),
+            ref_mode=ref_mode,
         )
 
 

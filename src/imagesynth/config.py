@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=0.2, gt=0)
     sync_timeout_seconds: float = Field(default=600.0, gt=0)
     max_request_bytes: int = Field(default=1 << 20, ge=1024)
+    fetch_timeout_seconds: float = Field(default=10.0, gt=0)
+    fetch_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    fetch_allow_networks: str = Field(
+        default="",
+        description="Comma-separated CIDRs that reference-image fetches may reach although "
+        "private (e.g. an intranet image host). Empty: public addresses only.",
+    )
+    upload_ttl_seconds: int = Field(default=48 * 3600, ge=60)
     log_level: str = "INFO"
 
     @property

@@ -77,3 +77,19 @@ class TaskFailed(ImageSynthError):
 
 class SyncTimeout(ImageSynthError):
     """The request timed out waiting for the image; the task was cancelled."""
+
+
+class InvalidURL(ImageSynthError):
+    """The URL is invalid or refers to an address the service will not fetch from."""
+
+
+class FileDownloadFailed(ImageSynthError):
+    """The input file could not be downloaded."""
+
+
+class UnsupportedFileFormat(ImageSynthError):
+    """The input file format is not supported: use JPG, JPEG, PNG, BMP, TIFF or WEBP."""
+
+
+class InputTooLarge(ImageSynthError):
+    """The input file is too large."""

@@ -9,6 +9,8 @@ from imagesynth.api.context import Services
 from imagesynth.auth import KeyService
 from imagesynth.catalog import Catalog
 from imagesynth.config import Settings
+from imagesynth.inputs.fetch import FetchPolicy, parse_networks
+from imagesynth.inputs.uploads import UploadSigner
 from imagesynth.storage.local import LocalBlobStore
 from imagesynth.storage.signing import UrlSigner, load_or_create_secret
 from imagesynth.tasks.maintenance import Maintenance
@@ -45,14 +47,21 @@ class Runtime:
         return Services(
             settings=s,
             catalog=self.catalog,
-            tasks=TaskService(self.store, self.catalog, s.max_attempts),
+            tasks=TaskService(self.store, self.catalog, self.blobs, s.max_attempts),
             keys=KeyService(self.store),
             blobs=self.blobs,
             signer=UrlSigner(secret, s.url_ttl_seconds),
+            fetch_policy=FetchPolicy(
+                max_bytes=s.fetch_max_bytes,
+                timeout_seconds=s.fetch_timeout_seconds,
+                allow=parse_networks(s.fetch_allow_networks),
+            ),
+            uploads=UploadSigner(secret, s.upload_ttl_seconds, s.fetch_max_bytes),
         )
 
     def maintenance(self) -> Maintenance:
-        return Maintenance(self.store, self.blobs, self.settings.retention_seconds)
+        s = self.settings
+        return Maintenance(self.store, self.blobs, s.retention_seconds, s.upload_ttl_seconds)
 
     def worker(self, models: list[str] | None = None):  # type: ignore[no-untyped-def]
         # Imported here: only worker processes load the engine.

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from imagesynth.api import routes_files, routes_multimodal, routes_tasks
+from imagesynth.api import routes_files, routes_multimodal, routes_tasks, routes_uploads
 from imagesynth.api.context import Services
 from imagesynth.api.errors import install_error_handlers
 
@@ -43,5 +43,6 @@ def create_app(
     install_error_handlers(app)
     app.include_router(routes_tasks.router)
     app.include_router(routes_multimodal.router)
+    app.include_router(routes_uploads.router)
     app.include_router(routes_files.router)
     return app

@@ -15,6 +15,8 @@ from imagesynth.auth import KeyService
 from imagesynth.catalog import Catalog
 from imagesynth.config import Settings
 from imagesynth.errors import InvalidParameter, RequestTooLarge
+from imagesynth.inputs.fetch import FetchPolicy
+from imagesynth.inputs.uploads import UploadSigner
 from imagesynth.storage.local import LocalBlobStore
 from imagesynth.storage.signing import UrlSigner
 from imagesynth.tasks.models import ApiKey
@@ -29,6 +31,8 @@ class Services:
     keys: KeyService
     blobs: LocalBlobStore
     signer: UrlSigner
+    fetch_policy: FetchPolicy
+    uploads: UploadSigner
 
 
 def services_of(request: Request) -> Services:

@@ -31,6 +31,10 @@ ERRORS: list[tuple[type[errors.ImageSynthError], int, str]] = [
     (errors.RouteNotFound, 404, "NotFound"),
     (errors.MethodNotAllowed, 405, "MethodNotAllowed"),
     (errors.SyncTimeout, 408, "RequestTimeOut"),
+    (errors.InvalidURL, 400, "InvalidURL"),
+    (errors.FileDownloadFailed, 400, "InvalidParameter.FileDownload"),
+    (errors.UnsupportedFileFormat, 400, "BadRequest.UnsupportedFileFormat"),
+    (errors.InputTooLarge, 413, "BadRequest.TooLarge"),
 ]
 
 # A failed task's own code, answered on a synchronous endpoint: the client's fault or ours.

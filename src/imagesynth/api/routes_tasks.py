@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,7 @@ from imagesynth.api.context import (
     services_of,
     url_for,
 )
+from imagesynth.api.references import reference_loader
 from imagesynth.api.schemas import (
     SynthesisRequest,
     list_item,
@@ -43,13 +45,20 @@ async def submit(request: Request) -> dict[str, Any]:
     synchronous = not is_async(request)
     if synchronous and not spec.sync:
         raise AccessDenied("current user api does not support synchronous calls")
+    assert body.input is not None
+    reference_url = body.input.reference
     task = await run_in_threadpool(
-        svc.tasks.submit,
-        key,
-        spec.name,
-        body.generation_fields(),
-        request_id=request_id_of(request),
-        workspace=request.headers.get("x-dashscope-workspace"),
+        functools.partial(
+            svc.tasks.submit,
+            key,
+            spec.name,
+            body.generation_fields(),
+            request_id=request_id_of(request),
+            workspace=request.headers.get("x-dashscope-workspace"),
+            reference=None
+            if reference_url is None
+            else reference_loader(request, key, reference_url),
+        )
     )
     if not synchronous:
         return {

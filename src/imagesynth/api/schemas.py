@@ -26,6 +26,12 @@ class _Loose(BaseModel):
 class SynthesisInput(_Loose):
     prompt: StrictStr | None = None
     negative_prompt: StrictStr | None = None
+    ref_img: StrictStr | None = None
+    ref_image: StrictStr | None = None  # the V1 doc's curl examples spell it so
+
+    @property
+    def reference(self) -> str | None:
+        return self.ref_img if self.ref_img is not None else self.ref_image
 
 
 class SynthesisParameters(_Loose):
@@ -37,6 +43,8 @@ class SynthesisParameters(_Loose):
     prompt_extend: StrictBool | None = None
     watermark: StrictBool | None = None
     style: StrictStr | None = None
+    ref_strength: StrictFloat | StrictInt | None = None
+    ref_mode: StrictStr | None = None
 
 
 class SynthesisRequest(_Loose):
@@ -73,6 +81,9 @@ class SynthesisRequest(_Loose):
             "prompt_extend": p.prompt_extend,
             "watermark": p.watermark,
             "style": p.style,
+            "has_reference": self.input.reference is not None,
+            "ref_strength": p.ref_strength,
+            "ref_mode": p.ref_mode,
         }
 
 

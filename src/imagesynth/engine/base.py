@@ -50,6 +50,11 @@ class GenerationBatch:
     seeds: tuple[int, ...]
     steps: int
     guidance: float
+    # Image-to-image: start from this picture (already width x height) and denoise only
+    # `strength` of the way (1.0 = from pure noise). `steps` stays the number of denoising
+    # steps actually run, whatever the strength.
+    init_image: Image.Image | None = None
+    strength: float = 1.0
 
 
 class Adapter(Protocol):

@@ -269,6 +269,7 @@ def _build_wan() -> Any:
 
 
 def _build_stable_diffusion() -> Any:
+    import torch
     from diffusers import (
         AutoencoderKL,
         DDIMScheduler,
@@ -321,7 +322,19 @@ def _build_stable_diffusion() -> Any:
         norm_num_groups=4,
         mid_block_add_attention=False,
         sample_size=64,
+        # This random encoder's latents have a std of about 0.2; a trained SD VAE's, times its
+        # 0.18215, about 1. Scale these to 1 too, so image-to-image noise is in proportion.
+        scaling_factor=5.0,
     )
+    # A trained VAE encodes an image to a nearly certain latent (tiny variance). Random weights
+    # give a wide one, and image-to-image would sample mostly noise from it: pin the log-variance
+    # low, as a trained encoder's is, so a reference image decides its latent.
+    # The moments leave the encoder through quant_conv (a 1x1 conv): its last 4 outputs are the
+    # log-variances.
+    logvar = vae.quant_conv  # type: ignore[attr-defined]
+    with torch.no_grad():
+        logvar.weight[4:] = 0.0  # channels 4..7 of the 2 x 4 latent channels
+        logvar.bias[4:] = -20.0
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,

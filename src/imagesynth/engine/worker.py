@@ -23,6 +23,7 @@ from PIL import Image
 from imagesynth.catalog import Catalog, ModelSpec
 from imagesynth.engine.base import Adapter, EngineSpec, GenerationBatch
 from imagesynth.engine.registry import create_adapter
+from imagesynth.inputs.reference import cover, style_only
 from imagesynth.storage.local import LocalBlobStore
 from imagesynth.tasks.models import ImageResult, Task, TaskStatus
 from imagesynth.tasks.store_sql import SqlStore
@@ -40,6 +41,24 @@ class _Cancelled(Exception):
 
 class _ShuttingDown(Exception):
     """This worker is stopping: hand the task back."""
+
+
+def reference_start(
+    path: Path | None, width: int, height: int, mode: str | None, ref_strength: float
+) -> tuple[Image.Image, float]:
+    """The image-to-image start for a wanx-v1 reference, and how far to denoise from it.
+
+    repaint: the reference itself; ref_strength 1.0 keeps closest (denoise 10%), 0.0 redraws
+    almost everything (100%). refonly (no image-prompt adapter configured): the reference
+    blurred until only its palette and light remain, denoised 50%..100%, so the result takes
+    its colours and mood but not its content."""
+    if path is None:
+        raise FileNotFoundError("the task's reference image is gone")
+    with Image.open(path) as stored:
+        image = cover(stored.convert("RGB"), width, height)
+    if mode == "refonly":
+        return style_only(image), 1.0 - 0.5 * ref_strength
+    return image, 1.0 - 0.9 * ref_strength
 
 
 def new_worker_id() -> str:
@@ -156,7 +175,7 @@ class Worker:
         try:
             spec = self.catalog.get(task.model)
             adapter = self._adapter(spec)
-            images = adapter.generate(self._batch(task, spec), self._on_step(task))
+            images = adapter.generate(self._batch(task, spec, self.blobs), self._on_step(task))
             generated = time.monotonic()
             results = []
             for i, image in enumerate(images):
@@ -205,13 +224,20 @@ class Worker:
         return done
 
     @staticmethod
-    def _batch(task: Task, spec: ModelSpec) -> GenerationBatch:
+    def _batch(task: Task, spec: ModelSpec, blobs: LocalBlobStore) -> GenerationBatch:
         p = task.params
         prompt, negative_prompt = p.prompt, p.negative_prompt
         style = spec.style_table.get(p.style) if p.style else None
         if style is not None:
             prompt, negative_prompt = style.apply(prompt, negative_prompt)
+        init_image, strength = None, 1.0
+        if p.ref_image_key is not None and p.ref_strength is not None:
+            init_image, strength = reference_start(
+                blobs.path(p.ref_image_key), p.width, p.height, p.ref_mode, p.ref_strength
+            )
         return GenerationBatch(
+            init_image=init_image,
+            strength=strength,
             prompt=prompt,
             negative_prompt=negative_prompt,
             width=p.width,

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 # Keys are made by the service, never by clients; the pattern still guards every path built
@@ -52,3 +53,16 @@ class LocalBlobStore:
     def delete_prefix(self, prefix: str) -> None:
         """Delete every file of one task (prefix = task id)."""
         shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+    def delete_older_than(self, prefix: str, age_seconds: float) -> int:
+        """Delete files under prefix last written more than age_seconds ago; returns how many."""
+        cutoff = time.time() - age_seconds
+        removed = 0
+        for path in self._path(prefix).rglob("*"):
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass  # another process's maintenance pass got there first
+        return removed

@@ -13,10 +13,17 @@ log = logging.getLogger(__name__)
 
 
 class Maintenance:
-    def __init__(self, store: SqlStore, blobs: LocalBlobStore, retention_seconds: float) -> None:
+    def __init__(
+        self,
+        store: SqlStore,
+        blobs: LocalBlobStore,
+        retention_seconds: float,
+        upload_ttl_seconds: float | None = None,
+    ) -> None:
         self.store = store
         self.blobs = blobs
         self.retention_seconds = retention_seconds
+        self.upload_ttl_seconds = upload_ttl_seconds
 
     def run_once(self) -> None:
         for task_id, status in self.store.reap_expired_leases():
@@ -28,6 +35,10 @@ class Maintenance:
                 self.blobs.delete_prefix(task_id)
             self.store.delete_tasks(expired)
             log.info("forgot %d expired tasks", len(expired))
+        if self.upload_ttl_seconds is not None:
+            removed = self.blobs.delete_older_than("uploads", self.upload_ttl_seconds)
+            if removed:
+                log.info("deleted %d expired uploads", removed)
 
     def run_forever(self, stop: threading.Event, interval: float) -> None:
         while not stop.is_set():

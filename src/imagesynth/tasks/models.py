@@ -35,6 +35,11 @@ class GenerationParams:
     prompt_extend: bool
     watermark: bool
     style: str | None = None
+    # wanx-v1 reference image: the stored (validated, PNG) copy, how close to stay to it
+    # (0..1, 1 = closest) and whether to follow its content (repaint) or its style (refonly).
+    ref_image_key: str | None = None
+    ref_strength: float | None = None
+    ref_mode: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,6 +54,9 @@ class GenerationParams:
             "prompt_extend": self.prompt_extend,
             "watermark": self.watermark,
             "style": self.style,
+            "ref_image_key": self.ref_image_key,
+            "ref_strength": self.ref_strength,
+            "ref_mode": self.ref_mode,
         }
 
     @classmethod

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from imagesynth.catalog import Catalog
 from imagesynth.errors import UnsupportedOperation
+from imagesynth.inputs.reference import decode_reference, encode_png
+from imagesynth.storage.local import LocalBlobStore
 from imagesynth.tasks.models import ApiKey, Task, TaskFilter, TaskStatus
 from imagesynth.tasks.store_sql import SqlStore
 
 
 class TaskService:
-    def __init__(self, store: SqlStore, catalog: Catalog, max_attempts: int) -> None:
+    def __init__(
+        self, store: SqlStore, catalog: Catalog, blobs: LocalBlobStore, max_attempts: int
+    ) -> None:
         self.store = store
+        self.blobs = blobs
         self.catalog = catalog
         self.max_attempts = max_attempts
 
@@ -25,12 +32,22 @@ class TaskService:
         *,
         request_id: str,
         workspace: str | None = None,
+        reference: Callable[[], bytes] | None = None,
     ) -> Task:
-        """Validate against the model's rules and queue the task (PENDING)."""
+        """Validate against the model's rules and queue the task (PENDING).
+
+        `reference` loads the bytes of the request's reference image; it runs only once the
+        parameters passed validation, and its image is checked and stored with the task."""
         spec = self.catalog.get(model)
         params = spec.validate(**fields)
+        task_id = str(uuid.uuid4())
+        if reference is not None and params.ref_mode is not None:
+            image = decode_reference(reference())
+            ref_key = f"{task_id}/input/ref.png"
+            self.blobs.put(ref_key, encode_png(image))
+            params = dataclasses.replace(params, ref_image_key=ref_key)
         return self.store.insert_task(
-            task_id=str(uuid.uuid4()),
+            task_id=task_id,
             api_key_id=key.id,
             model=spec.name,
             params=params,

@@ -1,0 +1,64 @@
+"""The SDK's upload flow: a policy from the API, then a form post to the upload host (here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from imagesynth.api.context import (
+    authenticate,
+    public_base_url,
+    request_id_of,
+    services_of,
+)
+from imagesynth.errors import InputTooLarge, InvalidParameter
+from imagesynth.inputs.uploads import blob_key_for
+
+router = APIRouter()
+
+UPLOAD_HOST_PATH = "/uploads/oss"
+_FORM_OVERHEAD_BYTES = 64 * 1024
+
+
+@router.get("/api/v1/uploads")
+async def get_policy(request: Request) -> dict[str, Any]:
+    svc = services_of(request)
+    key = await authenticate(request)
+    if request.query_params.get("action") != "getPolicy":
+        raise InvalidParameter("action must be getPolicy")
+    svc.catalog.get(request.query_params.get("model"))
+    data = svc.uploads.issue(key.id, public_base_url(request) + UPLOAD_HOST_PATH)
+    return {"request_id": request_id_of(request), "data": data}
+
+
+@router.post(UPLOAD_HOST_PATH)
+async def upload(request: Request) -> dict[str, Any]:
+    svc = services_of(request)
+    limit = svc.uploads.max_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + _FORM_OVERHEAD_BYTES:
+        raise InputTooLarge(f"Uploads are at most {limit // (1024 * 1024)} MB.")
+    try:
+        form = await request.form(max_files=1, max_fields=20, max_part_size=limit + 1)
+    except MultiPartException as exc:
+        raise InvalidParameter(f"Malformed upload form: {exc.message}") from None
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    file = form.get("file")
+    if not isinstance(file, UploadFile):
+        raise InvalidParameter("The upload form has no file.")
+    for name in ("policy", "Signature", "key"):
+        if not fields.get(name):
+            raise InvalidParameter(f"The upload form lacks {name}.")
+    policy = svc.uploads.verify(fields["policy"], fields["Signature"])
+    object_key = fields["key"]
+    name = object_key.removeprefix(policy.upload_dir + "/")
+    if name == object_key or not name or "/" in name:
+        raise InvalidParameter("key must be <upload_dir>/<file name> from the policy.")
+    data = await file.read(limit + 1)
+    if len(data) > policy.max_bytes:
+        raise InputTooLarge(f"Uploads are at most {policy.max_bytes // (1024 * 1024)} MB.")
+    svc.blobs.put(blob_key_for(object_key), data)
+    return {"request_id": request_id_of(request)}
