@@ -24,7 +24,7 @@ from imagesynth.engine.base import (
     resolve_device,
     resolve_dtype,
 )
-from imagesynth.engine.demo import MARKER, build_demo_weights, is_demo_weights
+from imagesynth.engine.demo import MARKER, VERSION, build_demo_weights, is_demo_weights
 from imagesynth.engine.registry import create_adapter
 
 # Real DashScope sizes that are not multiples of what the models generate at.
@@ -151,9 +151,22 @@ def test_demo_folders_are_marked(demo_root: Path, tmp_path: Path) -> None:
         assert json.loads((demo_root / family / MARKER).read_text()) == {
             "demo": True,
             "family": family,
+            "version": VERSION,
         }
     assert not is_demo_weights(tmp_path)
     assert not is_demo_weights(tmp_path / "missing")
+
+
+def test_an_older_demo_build_is_replaced(tmp_path: Path) -> None:
+    stale = tmp_path / "wan"
+    stale.mkdir()
+    (stale / MARKER).write_text(json.dumps({"demo": True, "family": "wan"}))
+    (stale / "old-weights.bin").write_bytes(b"old")
+    build_demo_weights(tmp_path)
+    assert not (stale / "old-weights.bin").exists()
+    assert json.loads((stale / MARKER).read_text())["version"] == VERSION
+    assert (stale / "model_index.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FAMILIES)
 
 
 def test_build_is_idempotent(demo_root: Path) -> None:

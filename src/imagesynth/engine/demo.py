@@ -14,6 +14,7 @@ sizes they generate at multiples of 32; the adapters read this from the pipeline
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,6 +30,8 @@ from typing import Any
 from imagesynth.engine.base import FAMILIES, Family, hub_offline, quiet_logs
 
 MARKER = "imagesynth-demo.json"
+# Bump when a builder changes, so folders built by an older version are rebuilt.
+VERSION = 2
 SEED = 0
 
 # The tokenizers' vocabularies come from these; what matters is that they cover ordinary prompts.
@@ -58,20 +61,34 @@ def build_demo_weights(root: Path) -> dict[Family, Path]:
     return {family: _ensure(root, family) for family in FAMILIES}
 
 
-def is_demo_weights(path: str | Path) -> bool:
-    """True when `path` is a folder written by `build_demo_weights`."""
-    marker = Path(path) / MARKER
+def _marker(path: str | Path) -> dict[str, Any]:
     try:
-        return json.loads(marker.read_text()).get("demo") is True
-    except (OSError, ValueError, AttributeError):
-        return False
+        data = json.loads((Path(path) / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def is_demo_weights(path: str | Path) -> bool:
+    """True when `path` is a folder written by `build_demo_weights` (of any version)."""
+    return _marker(path).get("demo") is True
+
+
+def _is_current(path: Path) -> bool:
+    return is_demo_weights(path) and _marker(path).get("version") == VERSION
 
 
 def _ensure(root: Path, family: Family) -> Path:
     target = root / family
-    if is_demo_weights(target):
+    if _is_current(target):
         return target
-    if target.exists():
+    if is_demo_weights(target):
+        # Built by an older imagesynth whose demo configs differ: set it aside and rebuild.
+        stale = Path(tempfile.mkdtemp(prefix=f".{family}-stale-", dir=root))
+        with contextlib.suppress(OSError):  # another process moved it first
+            os.rename(target, stale / family)
+        shutil.rmtree(stale, ignore_errors=True)
+    elif target.exists():
         raise FileExistsError(f"{target} exists but is not a complete demo weights folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{family}-", dir=root))
     tmp.chmod(0o755)  # mkdtemp makes it private; the weights are not secret
@@ -79,12 +96,13 @@ def _ensure(root: Path, family: Family) -> Path:
         quiet_logs()
         with hub_offline(), _seeded(SEED):
             _BUILDERS[family]().save_pretrained(tmp)
-        (tmp / MARKER).write_text(json.dumps({"demo": True, "family": family}) + "\n")
+        marker = {"demo": True, "family": family, "version": VERSION}
+        (tmp / MARKER).write_text(json.dumps(marker) + "\n")
         try:
             os.rename(tmp, target)
         except OSError:
             # Another process renamed its build into place first: use theirs.
-            if not is_demo_weights(target):
+            if not _is_current(target):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
