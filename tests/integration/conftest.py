@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dashscope
 import httpx
 import pytest
 
@@ -225,3 +227,28 @@ def server(make_home: Callable[..., Home]) -> Iterator[Server]:
     launcher = Launcher(make_home)
     yield launcher()
     launcher.stop_all()
+
+
+@contextmanager
+def sdk_pointed_at(server: Server) -> Iterator[Server]:
+    """The official SDK's base URL pointed at `server` for the duration."""
+    saved = dashscope.base_http_api_url
+    dashscope.base_http_api_url = server.api
+    try:
+        yield server
+    finally:
+        dashscope.base_http_api_url = saved
+
+
+@pytest.fixture
+def sdk(server: Server) -> Iterator[Server]:
+    """The module's server, with the SDK pointed at it."""
+    with sdk_pointed_at(server):
+        yield server
+
+
+@pytest.fixture
+def idle_sdk(start: Launcher) -> Iterator[Server]:
+    """A server with no worker (tasks stay PENDING), with the SDK pointed at it."""
+    with sdk_pointed_at(start(worker=False)) as server:
+        yield server

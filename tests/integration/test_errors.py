@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import dashscope
 import httpx
 import pytest
 from dashscope import ImageSynthesis
 from dashscope.common.error import InvalidTask
 
-from tests.integration.conftest import SUBMIT_PATH, Server
+from tests.integration.conftest import SUBMIT_PATH, Server, sdk_pointed_at
 
 ASYNC = {"X-DashScope-Async": "enable"}
 
@@ -177,9 +176,7 @@ def test_unknown_task_reads_unknown(server: Server) -> None:
 
 
 def test_sdk_sees_codes(server: Server) -> None:
-    saved = dashscope.base_http_api_url
-    dashscope.base_http_api_url = server.api
-    try:
+    with sdk_pointed_at(server):
         rsp = ImageSynthesis.async_call(
             model="wan2.2-t2i-flash", prompt="x", size="9*9", api_key=server.key
         )
@@ -191,5 +188,3 @@ def test_sdk_sees_codes(server: Server) -> None:
         # call() raises on a failed submit, exactly as against the hosted API.
         with pytest.raises(InvalidTask):
             ImageSynthesis.call(model="wanx-v1", prompt="x", n=9, api_key=server.key)
-    finally:
-        dashscope.base_http_api_url = saved

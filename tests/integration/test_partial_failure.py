@@ -4,10 +4,6 @@ which image slots fail."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import dashscope
-import pytest
 from dashscope import ImageSynthesis
 from PIL import Image
 
@@ -15,19 +11,10 @@ from imagesynth.engine.worker import encode_png
 from imagesynth.storage.local import LocalBlobStore
 from imagesynth.tasks.models import ImageResult, TaskStatus
 from imagesynth.tasks.store_sql import SqlStore
-from tests.integration.conftest import Launcher, Server
+from tests.integration.conftest import Server
 from tests.integration.images import fetch_png
 
 TIMEOUT = {"code": "InternalError.Timeout", "message": "The image timed out."}
-
-
-@pytest.fixture
-def idle(start: Launcher) -> Iterator[Server]:
-    server = start(worker=False)
-    saved = dashscope.base_http_api_url
-    dashscope.base_http_api_url = server.api
-    yield server
-    dashscope.base_http_api_url = saved
 
 
 def play_worker(server: Server, fail: set[int]) -> str:
@@ -56,9 +43,9 @@ def play_worker(server: Server, fail: set[int]) -> str:
     return str(task.id)
 
 
-def test_some_images_fail(idle: Server) -> None:
-    task_id = play_worker(idle, fail={1})
-    rsp = ImageSynthesis.wait(task_id, api_key=idle.key)
+def test_some_images_fail(idle_sdk: Server) -> None:
+    task_id = play_worker(idle_sdk, fail={1})
+    rsp = ImageSynthesis.wait(task_id, api_key=idle_sdk.key)
     assert rsp.status_code == 200
     assert rsp.output.task_status == "SUCCEEDED"
     first, failed, last = rsp.output.results
@@ -69,9 +56,9 @@ def test_some_images_fail(idle: Server) -> None:
     assert rsp.usage.image_count == 2
 
 
-def test_all_images_fail(idle: Server) -> None:
-    task_id = play_worker(idle, fail={0, 1, 2})
-    rsp = ImageSynthesis.wait(task_id, api_key=idle.key)
+def test_all_images_fail(idle_sdk: Server) -> None:
+    task_id = play_worker(idle_sdk, fail={0, 1, 2})
+    rsp = ImageSynthesis.wait(task_id, api_key=idle_sdk.key)
     assert rsp.status_code == 200 and rsp.code is None
     assert rsp.output.task_status == "FAILED"
     assert (rsp.output.code, rsp.output.message) == (TIMEOUT["code"], "All images failed.")

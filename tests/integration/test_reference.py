@@ -11,7 +11,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import dashscope
 import httpx
 import pytest
 from dashscope import ImageSynthesis
@@ -108,14 +107,6 @@ def server(make_home: Any) -> Iterator[Server]:
     home: Home = make_home(fetch_allow_networks=f"{RELAY_HOST}/32")
     yield launcher(home=home)
     launcher.stop_all()
-
-
-@pytest.fixture
-def sdk(server: Server) -> Iterator[Server]:
-    saved = dashscope.base_http_api_url
-    dashscope.base_http_api_url = server.api
-    yield server
-    dashscope.base_http_api_url = saved
 
 
 def other_reference() -> Image.Image:

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
-import dashscope
-import pytest
 from dashscope import ImageSynthesis
 
-from tests.integration.conftest import Launcher, Server
+from tests.integration.conftest import Server
 from tests.integration.images import fetch_png, max_abs_diff, mean_abs_diff
 
 # Tiny demo models on a CPU: same-seed reruns may differ by a rounding step, different seeds
 # give unrelated noise (mean difference in the tens).
 SAME = 2
 DIFFERENT = 5.0
-
-
-@pytest.fixture
-def sdk(server: Server) -> Iterator[Server]:
-    saved = dashscope.base_http_api_url
-    dashscope.base_http_api_url = server.api
-    yield server
-    dashscope.base_http_api_url = saved
 
 
 def _call(server: Server, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -103,16 +92,6 @@ def test_async_call_fetch_wait(sdk: Server) -> None:
     assert done.output.submit_time <= done.output.scheduled_time <= done.output.end_time
     datetime.strptime(done.output.end_time, "%Y-%m-%d %H:%M:%S.%f")
     assert fetch_png(done.output.results[0].url).size == (512, 512)
-
-
-@pytest.fixture
-def idle_sdk(start: Launcher) -> Iterator[Server]:
-    """A server with no worker: tasks stay PENDING."""
-    server = start(worker=False)
-    saved = dashscope.base_http_api_url
-    dashscope.base_http_api_url = server.api
-    yield server
-    dashscope.base_http_api_url = saved
 
 
 def test_cancel_pending_task(idle_sdk: Server) -> None:

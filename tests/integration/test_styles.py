@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import dashscope
 import pytest
 from dashscope import ImageSynthesis
 
@@ -12,14 +9,6 @@ from imagesynth.catalog import STYLES
 from tests.integration.conftest import Server
 from tests.integration.images import fetch_png, max_abs_diff, mean_abs_diff
 from tests.integration.test_sdk import SAME
-
-
-@pytest.fixture
-def sdk(server: Server) -> Iterator[Server]:
-    saved = dashscope.base_http_api_url
-    dashscope.base_http_api_url = server.api
-    yield server
-    dashscope.base_http_api_url = saved
 
 
 def _image(server: Server, **kwargs: object):  # type: ignore[no-untyped-def]

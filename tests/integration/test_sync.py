@@ -6,16 +6,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import dashscope
 import httpx
 import pytest
 from dashscope import ImageSynthesis, MultiModalConversation
 from dashscope.aigc.image_synthesis import AioImageSynthesis
 
-from tests.integration.conftest import Launcher, Server
+from tests.integration.conftest import Launcher, Server, sdk_pointed_at
 from tests.integration.images import fetch_png
 from tests.integration.test_errors import assert_error
 
@@ -24,14 +22,6 @@ MULTIMODAL = "/api/v1/services/aigc/multimodal-generation/generation"
 
 def messages(text: str = "a poster that says hello") -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"text": text}]}]
-
-
-@pytest.fixture
-def sdk(server: Server) -> Iterator[Server]:
-    saved = dashscope.base_http_api_url
-    dashscope.base_http_api_url = server.api
-    yield server
-    dashscope.base_http_api_url = saved
 
 
 def test_qwen_multimodal_call(sdk: Server) -> None:
@@ -120,10 +110,7 @@ def test_asyncio_sdk(sdk: Server) -> None:
 
 
 def test_workspace_is_recorded_and_filters_the_list(start: Launcher) -> None:
-    server = start(worker=False)
-    saved = dashscope.base_http_api_url
-    dashscope.base_http_api_url = server.api
-    try:
+    with sdk_pointed_at(start(worker=False)) as server:
         key = server.key
         in_a = ImageSynthesis.async_call(
             model="wanx-v1", prompt="x", n=1, workspace="ws-a", api_key=key
@@ -136,8 +123,6 @@ def test_workspace_is_recorded_and_filters_the_list(start: Launcher) -> None:
         assert listed_a[0]["workspace"] == "ws-a"
         everything = ImageSynthesis.list(api_key=key).output["data"]
         assert {t["task_id"] for t in everything} == {in_a, in_b}
-    finally:
-        dashscope.base_http_api_url = saved
 
 
 SLOW = {"n": 1, "size": "1440*1440", "steps": 40}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
@@ -15,6 +15,11 @@ from imagesynth.errors import EmptyInput, EmptyModel, InvalidParameter
 from imagesynth.tasks.models import Task, TaskStatus
 
 UrlFor = Callable[[str], str]  # blob key -> absolute signed URL
+
+
+_R = TypeVar("_R", bound="_Loose")
+# Pydantic names the member of a union that failed at the end of an error's location.
+_UNION_TAGS = {"float", "int", "str", "bool"}
 
 
 class _Loose(BaseModel):
@@ -46,6 +51,37 @@ class SynthesisParameters(_Loose):
     ref_strength: StrictFloat | StrictInt | None = None
     ref_mode: StrictStr | None = None
 
+    def fields(self) -> dict[str, Any]:
+        """As ModelSpec.validate names them."""
+        return {
+            "size": self.size,
+            "n": self.n,
+            "seed": self.seed,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "prompt_extend": self.prompt_extend,
+            "watermark": self.watermark,
+            "style": self.style,
+            "ref_strength": self.ref_strength,
+            "ref_mode": self.ref_mode,
+        }
+
+
+def _validate(cls: type[_R], body: dict[str, Any]) -> _R:
+    """Parse a request body, turning the first type error into an InvalidParameter that names
+    the field, and a missing model into BadRequest.EmptyModel."""
+    try:
+        request = cls.model_validate(body)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = [str(p) for p in first["loc"]]
+        while where and where[-1] in _UNION_TAGS:  # "guidance.float" -> "guidance"
+            where.pop()
+        raise InvalidParameter(f"{'.'.join(where)}: {first['msg']}") from None
+    if not getattr(request, "model", None):
+        raise EmptyModel()
+    return request
+
 
 class SynthesisRequest(_Loose):
     model: StrictStr | None = None
@@ -54,14 +90,7 @@ class SynthesisRequest(_Loose):
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> SynthesisRequest:
-        try:
-            request = cls.model_validate(body)
-        except PydanticValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("Strict",)))
-            raise InvalidParameter(f"{where}: {first['msg']}") from None
-        if not request.model:
-            raise EmptyModel()
+        request = _validate(cls, body)
         if request.input is None:
             raise EmptyInput()
         return request
@@ -69,21 +98,11 @@ class SynthesisRequest(_Loose):
     def generation_fields(self) -> dict[str, Any]:
         """The fields ModelSpec.validate takes, named as the domain names them."""
         assert self.input is not None
-        p = self.parameters or SynthesisParameters()
         return {
+            **(self.parameters or SynthesisParameters()).fields(),
             "prompt": self.input.prompt,
             "negative_prompt": self.input.negative_prompt,
-            "size": p.size,
-            "n": p.n,
-            "seed": p.seed,
-            "steps": p.steps,
-            "guidance": p.guidance,
-            "prompt_extend": p.prompt_extend,
-            "watermark": p.watermark,
-            "style": p.style,
             "has_reference": self.input.reference is not None,
-            "ref_strength": p.ref_strength,
-            "ref_mode": p.ref_mode,
         }
 
 
@@ -104,15 +123,7 @@ class MultimodalRequest(_Loose):
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> MultimodalRequest:
-        try:
-            request = cls.model_validate(body)
-        except PydanticValidationError as exc:
-            first = exc.errors()[0]
-            raise InvalidParameter(
-                f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-            ) from None
-        if not request.model:
-            raise EmptyModel()
+        request = _validate(cls, body)
         if request.input is None or request.input.messages is None:
             raise EmptyInput('Required parameter "input.messages" missing from request.')
         return request
@@ -140,17 +151,7 @@ class MultimodalRequest(_Loose):
 
     def generation_fields(self) -> dict[str, Any]:
         p = self.parameters or MultimodalParameters()
-        return {
-            "prompt": self.prompt(),
-            "negative_prompt": p.negative_prompt,
-            "size": p.size,
-            "n": p.n,
-            "seed": p.seed,
-            "steps": p.steps,
-            "guidance": p.guidance,
-            "prompt_extend": p.prompt_extend,
-            "watermark": p.watermark,
-        }
+        return {**p.fields(), "prompt": self.prompt(), "negative_prompt": p.negative_prompt}
 
 
 def multimodal_reply(request_id: str, task: Task, url_for: UrlFor) -> dict[str, Any]:
