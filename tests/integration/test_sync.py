@@ -12,6 +12,7 @@ import httpx
 import pytest
 from dashscope import ImageSynthesis, MultiModalConversation
 from dashscope.aigc.image_synthesis import AioImageSynthesis
+from dashscope.api_entities.aio_session import close_shared_aio_session
 
 from tests.integration.conftest import Launcher, Server, sdk_pointed_at
 from tests.integration.images import fetch_png
@@ -99,9 +100,13 @@ def test_wan22_sync_call(sdk: Server) -> None:
 
 def test_asyncio_sdk(sdk: Server) -> None:
     async def run() -> Any:
-        return await AioImageSynthesis.call(
+        rsp = await AioImageSynthesis.call(
             model="wanx2.0-t2i-turbo", prompt="a boat", n=1, size="512*768", api_key=sdk.key
         )
+        # The SDK keeps a shared aiohttp session per process; close it on this loop, as an
+        # application shutting down would, rather than leave it to warn at interpreter exit.
+        await close_shared_aio_session()
+        return rsp
 
     rsp = asyncio.run(run())
     assert rsp.status_code == 200, rsp
