@@ -7,8 +7,8 @@ from __future__ import annotations
 from dashscope import ImageSynthesis
 from PIL import Image
 
-from imagesynth.engine.worker import encode_png
 from imagesynth.storage.local import LocalBlobStore
+from imagesynth.storage.png import encode_png
 from imagesynth.tasks.models import ImageResult, TaskStatus
 from imagesynth.tasks.store_sql import SqlStore
 from tests.integration.conftest import Server

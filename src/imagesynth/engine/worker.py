@@ -8,7 +8,6 @@ hands the task to another worker (design/task-queue.md).
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import socket
@@ -25,14 +24,13 @@ from imagesynth.engine.base import Adapter, EngineSpec, GenerationBatch
 from imagesynth.engine.registry import create_adapter
 from imagesynth.inputs.reference import cover, style_only
 from imagesynth.storage.local import LocalBlobStore
+from imagesynth.storage.png import encode_png
 from imagesynth.tasks.models import ImageResult, Task, TaskStatus
 from imagesynth.tasks.store_sql import SqlStore
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_SECONDS = 0.25
-# Noise-like and real images barely compress; level 1 costs a fraction of the default's time.
-PNG_COMPRESS_LEVEL = 1
 
 
 class _Cancelled(Exception):
@@ -63,12 +61,6 @@ def reference_start(
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def encode_png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
 
 
 class Worker:

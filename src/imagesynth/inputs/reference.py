@@ -56,12 +56,6 @@ def decode_reference(data: bytes) -> Image.Image:
     return ImageOps.exif_transpose(image).convert("RGB")
 
 
-def encode_png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
 def cover(image: Image.Image, width: int, height: int) -> Image.Image:
     """Scale and center-crop to exactly width x height (no distortion)."""
     return ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS)

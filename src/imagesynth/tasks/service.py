@@ -9,8 +9,9 @@ from typing import Any
 
 from imagesynth.catalog import Catalog
 from imagesynth.errors import UnsupportedOperation
-from imagesynth.inputs.reference import decode_reference, encode_png
+from imagesynth.inputs.reference import decode_reference
 from imagesynth.storage.local import LocalBlobStore
+from imagesynth.storage.png import encode_png
 from imagesynth.tasks.models import ApiKey, Task, TaskFilter, TaskStatus
 from imagesynth.tasks.store_sql import SqlStore
 
