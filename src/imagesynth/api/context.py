@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from imagesynth.inputs.fetch import FetchPolicy
 from imagesynth.inputs.uploads import UploadSigner
 from imagesynth.storage.local import LocalBlobStore
 from imagesynth.storage.signing import UrlSigner
-from imagesynth.tasks.models import ApiKey
+from imagesynth.tasks.models import ApiKey, Task
 from imagesynth.tasks.service import TaskService
 
 
@@ -87,3 +88,24 @@ def url_for(request: Request) -> Callable[[str], str]:
 
 def is_async(request: Request) -> bool:
     return request.headers.get("x-dashscope-async", "").strip().lower() == "enable"
+
+
+async def submit_task(
+    request: Request,
+    key: ApiKey,
+    model: str,
+    fields: dict[str, Any],
+    reference: Callable[[], bytes] | None = None,
+) -> Task:
+    """Queue a task for this request (its request id and workspace recorded on the task)."""
+    return await run_in_threadpool(
+        functools.partial(
+            services_of(request).tasks.submit,
+            key,
+            model,
+            fields,
+            request_id=request_id_of(request),
+            workspace=request.headers.get("x-dashscope-workspace"),
+            reference=reference,
+        )
+    )

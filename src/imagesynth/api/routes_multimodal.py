@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 
 from imagesynth.api.context import (
     authenticate,
@@ -13,6 +12,7 @@ from imagesynth.api.context import (
     read_json_object,
     request_id_of,
     services_of,
+    submit_task,
     url_for,
 )
 from imagesynth.api.schemas import MultimodalRequest, multimodal_reply
@@ -35,14 +35,7 @@ async def generate(request: Request) -> dict[str, Any]:
         raise InvalidParameter(
             f"Model {spec.name} is not served on this endpoint; use text2image/image-synthesis"
         )
-    task = await run_in_threadpool(
-        svc.tasks.submit,
-        key,
-        spec.name,
-        body.generation_fields(),
-        request_id=request_id_of(request),
-        workspace=request.headers.get("x-dashscope-workspace"),
-    )
+    task = await submit_task(request, key, spec.name, body.generation_fields())
     task = await wait_for_end(request, task)
     if task.status == TaskStatus.FAILED:
         raise TaskFailed(task.error_code or "InternalError", task.error_message or "")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from datetime import datetime
 from typing import Any
@@ -16,6 +15,7 @@ from imagesynth.api.context import (
     read_json_object,
     request_id_of,
     services_of,
+    submit_task,
     url_for,
 )
 from imagesynth.api.references import reference_loader
@@ -47,18 +47,12 @@ async def submit(request: Request) -> dict[str, Any]:
         raise AccessDenied("current user api does not support synchronous calls")
     assert body.input is not None
     reference_url = body.input.reference
-    task = await run_in_threadpool(
-        functools.partial(
-            svc.tasks.submit,
-            key,
-            spec.name,
-            body.generation_fields(),
-            request_id=request_id_of(request),
-            workspace=request.headers.get("x-dashscope-workspace"),
-            reference=None
-            if reference_url is None
-            else reference_loader(request, key, reference_url),
-        )
+    task = await submit_task(
+        request,
+        key,
+        spec.name,
+        body.generation_fields(),
+        reference=None if reference_url is None else reference_loader(request, key, reference_url),
     )
     if not synchronous:
         return {

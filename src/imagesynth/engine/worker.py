@@ -167,7 +167,7 @@ class Worker:
         try:
             spec = self.catalog.get(task.model)
             adapter = self._adapter(spec)
-            images = adapter.generate(self._batch(task, spec, self.blobs), self._on_step(task))
+            images = adapter.generate(self._batch(task, spec), self._on_step(task))
             generated = time.monotonic()
             results = []
             for i, image in enumerate(images):
@@ -215,8 +215,7 @@ class Worker:
             self.blobs.delete_prefix(f"{task.id}/{task.attempts}")
         return done
 
-    @staticmethod
-    def _batch(task: Task, spec: ModelSpec, blobs: LocalBlobStore) -> GenerationBatch:
+    def _batch(self, task: Task, spec: ModelSpec) -> GenerationBatch:
         p = task.params
         prompt, negative_prompt = p.prompt, p.negative_prompt
         style = spec.style_table.get(p.style) if p.style else None
@@ -225,7 +224,7 @@ class Worker:
         init_image, strength = None, 1.0
         if p.ref_image_key is not None and p.ref_strength is not None:
             init_image, strength = reference_start(
-                blobs.path(p.ref_image_key), p.width, p.height, p.ref_mode, p.ref_strength
+                self.blobs.path(p.ref_image_key), p.width, p.height, p.ref_mode, p.ref_strength
             )
         return GenerationBatch(
             init_image=init_image,
