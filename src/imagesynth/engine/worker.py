@@ -173,7 +173,7 @@ class Worker:
             for i, image in enumerate(images):
                 key = f"{task.id}/{attempt}/{i}.png"
                 self.blobs.put(key, encode_png(image))
-                results.append(ImageResult(blob_key=key, actual_prompt=task.params.prompt))
+                results.append(ImageResult(blob_key=key, actual_prompt=task.effective_prompt))
         except _ShuttingDown:
             self.store.release(task.id, self.worker_id, attempt)
             log.info("task %s handed back on shutdown", task.id)
@@ -217,7 +217,7 @@ class Worker:
 
     def _batch(self, task: Task, spec: ModelSpec) -> GenerationBatch:
         p = task.params
-        prompt, negative_prompt = p.prompt, p.negative_prompt
+        prompt, negative_prompt = task.effective_prompt, p.negative_prompt
         style = spec.style_table.get(p.style) if p.style else None
         if style is not None:
             prompt, negative_prompt = style.apply(prompt, negative_prompt)

@@ -104,6 +104,13 @@ class Task:
     error_code: str | None = None
     error_message: str | None = None
     seq: int = 0
+    # The prompt the pipeline gets: the rewriter's output when prompt_extend ran (issue 5),
+    # otherwise None and the worker uses params.prompt.
+    actual_prompt: str | None = None
+
+    @property
+    def effective_prompt(self) -> str:
+        return self.actual_prompt if self.actual_prompt is not None else self.params.prompt
 
 
 @dataclass(frozen=True)
