@@ -45,3 +45,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   fi
   echo "$want" > "$stamp"
 fi
+
+# The invisible watermark (src/imagesynth/labels/invisible.py): invisible-watermark declares
+# torch and the GUI build of opencv as requirements, so it goes in with --no-deps beside the
+# headless opencv and PyWavelets. Without it the service runs, with the invisible mark off.
+installed='import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))'
+if ! .venv/bin/python -c "$installed" cv2 pywt imwatermark; then
+  echo "==> installing the invisible watermark"
+  "${pip[@]}" "opencv-python-headless>=4.8" "PyWavelets>=1.4"
+  "${pip[@]}" --no-deps "invisible-watermark==0.2.0"
+fi

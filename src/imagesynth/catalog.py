@@ -16,7 +16,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from imagesynth.engine.base import FAMILIES, EngineSpec, Family
+from imagesynth.engine.base import FAMILIES, EngineSpec, Family, IPAdapterWeights, LoraWeights
+from imagesynth.engine.demo import (
+    IP_ADAPTER_IMAGE_ENCODER,
+    IP_ADAPTER_SUBFOLDER,
+    IP_ADAPTER_WEIGHT_NAME,
+)
 from imagesynth.errors import ImageSynthError, InvalidParameter, ModelNotFound
 from imagesynth.tasks.models import GenerationParams
 
@@ -64,6 +69,8 @@ class Style:
     prompt: str = "{prompt}"  # a template: {prompt} is the user's prompt
     negative_prompt: str = ""  # appended to the user's negative prompt
     guidance: float | None = None  # used when the request gives no guidance
+    lora: str | None = None  # an absolute path to a LoRA .safetensors file the style switches on
+    lora_scale: float = 1.0  # how strongly that LoRA applies
 
     def apply(self, prompt: str, negative_prompt: str) -> tuple[str, str]:
         styled = self.prompt.replace("{prompt}", prompt)
@@ -96,7 +103,20 @@ class ModelSpec:
     result_prompts: bool = True
     sync: bool = False
     reference_images: bool = False  # takes input.ref_img with ref_strength and ref_mode
+    # An image-prompt adapter (IP-Adapter) for ref_mode=refonly, as diffusers' load_ip_adapter
+    # takes it: "demo" (the demo weights' own), a local folder or a hub id; without one,
+    # refonly falls back to image-to-image from the blurred reference.
+    ip_adapter: str | None = None
+    ip_adapter_subfolder: str = ""
+    ip_adapter_weight_name: str | None = None
+    ip_adapter_image_encoder: str = "image_encoder"
     styles: bool = False  # takes parameters.style (from the catalog's [styles] table)
+    watermark_text: str = ""  # the visible mark; empty: "Qwen-Image" for Qwen, else "AI生成"
+    # Limits and billing (spec §3-4); an API key can override rps, in_flight and free_quota.
+    rps: float = 2.0  # task submissions per second per key
+    in_flight: int = 2  # tasks RUNNING at once per key; the rest wait PENDING
+    price: float = 0.0  # per successfully generated image, in the catalog's currency
+    free_quota: int = 0  # free images per key, valid [billing] free_quota_days from its creation
     # Filled from [styles] when `styles` is true; not a per-model TOML key.
     style_table: Mapping[str, Style] = field(default_factory=dict, compare=False, repr=False)
 
@@ -110,7 +130,34 @@ class ModelSpec:
 
     def engine_spec(self, demo_root: Path) -> EngineSpec:
         weights = str(demo_root / self.family) if self.is_demo else self.weights
-        return EngineSpec(family=self.family, weights=weights, device=self.device, dtype=self.dtype)
+        ip_adapter = None
+        if self.ip_adapter == DEMO_WEIGHTS:
+            ip_adapter = IPAdapterWeights(
+                path=weights,
+                weight_name=IP_ADAPTER_WEIGHT_NAME,
+                subfolder=IP_ADAPTER_SUBFOLDER,
+                image_encoder=IP_ADAPTER_IMAGE_ENCODER,
+            )
+        elif self.ip_adapter is not None:
+            ip_adapter = IPAdapterWeights(
+                path=self.ip_adapter,
+                weight_name=self.ip_adapter_weight_name or "",
+                subfolder=self.ip_adapter_subfolder,
+                image_encoder=self.ip_adapter_image_encoder,
+            )
+        loras = tuple(
+            LoraWeights(name=style.name, path=style.lora, scale=style.lora_scale)
+            for style in self.style_table.values()
+            if style.lora is not None
+        )
+        return EngineSpec(
+            family=self.family,
+            weights=weights,
+            device=self.device,
+            dtype=self.dtype,
+            ip_adapter=ip_adapter,
+            loras=loras,
+        )
 
     def size_rule(self) -> str:
         if self.sizes:
@@ -225,13 +272,26 @@ class ModelSpec:
         )
 
 
+@dataclass(frozen=True)
+class Billing:
+    """The catalog's [billing] table: what model prices are in, and how long free quota lasts."""
+
+    currency: str = "CNY"
+    free_quota_days: int = 90
+
+
 class Catalog:
     def __init__(
-        self, models: dict[str, ModelSpec], source: str, styles: Mapping[str, Style] | None = None
+        self,
+        models: dict[str, ModelSpec],
+        source: str,
+        styles: Mapping[str, Style] | None = None,
+        billing: Billing | None = None,
     ) -> None:
         self.models = models
         self.source = source
         self.styles = dict(styles or {})
+        self.billing = billing or Billing()
 
     def get(self, name: str | None) -> ModelSpec:
         spec = self.models.get(name or "")
@@ -252,13 +312,15 @@ class Catalog:
         except tomllib.TOMLDecodeError as exc:
             raise CatalogError(f"{source}: {exc}") from None
         styles = _parse_styles(data.get("styles", {}), source)
-        return cls(_parse_models(data.get("models", {}), source, styles), source, styles)
+        models = _parse_models(data.get("models", {}), source, styles)
+        return cls(models, source, styles, _parse_billing(data.get("billing", {}), source))
 
 
 def _has_type(value: object, annotation: object) -> bool:
     """Whether a TOML value fits a ModelSpec field (annotations are strings here)."""
     expected = {
         "str": (str,),
+        "str | None": (str,),
         "int": (int,),
         "float": (int, float),
         "bool": (bool,),
@@ -290,8 +352,56 @@ def _parse_styles(raw: dict[str, Any], source: str) -> dict[str, Style]:
             isinstance(guidance, bool) or not isinstance(guidance, int | float)
         ):
             raise CatalogError(f"{source}: style {name}: guidance must be a number")
+        lora = entry.get("lora")
+        if lora is not None and not (
+            isinstance(lora, str) and lora.endswith(".safetensors") and Path(lora).is_absolute()
+        ):
+            raise CatalogError(
+                f"{source}: style {name}: lora must be an absolute path to a .safetensors file"
+            )
+        lora_scale = entry.get("lora_scale", 1.0)
+        if isinstance(lora_scale, bool) or not isinstance(lora_scale, int | float):
+            raise CatalogError(f"{source}: style {name}: lora_scale must be a number")
+        if "lora_scale" in entry and lora is None:
+            raise CatalogError(f"{source}: style {name}: lora_scale needs lora")
         styles[name] = Style(name=name, **entry)
     return styles
+
+
+def _parse_billing(raw: dict[str, Any], source: str) -> Billing:
+    known = {f.name for f in fields(Billing)}
+    if not isinstance(raw, dict) or set(raw) - known:
+        raise CatalogError(f"{source}: [billing] keys must be among {sorted(known)}")
+    currency = raw.get("currency", Billing.currency)
+    days = raw.get("free_quota_days", Billing.free_quota_days)
+    if not isinstance(currency, str) or not currency.strip():
+        raise CatalogError(f"{source}: [billing] currency must be a non-empty string")
+    if isinstance(days, bool) or not isinstance(days, int) or days < 0:
+        raise CatalogError(f"{source}: [billing] free_quota_days must be an integer >= 0")
+    return Billing(currency=currency, free_quota_days=days)
+
+
+def _check_image_adapters(spec: ModelSpec, entry: Mapping[str, Any], where: str) -> None:
+    """The model's IP-Adapter keys, and its styles' LoRAs, fit together and fit the model."""
+    options = sorted(k for k in entry if k.startswith("ip_adapter_"))
+    if spec.ip_adapter is None:
+        if options:
+            raise CatalogError(f"{where}: {', '.join(options)} need ip_adapter")
+    elif spec.family != "stable-diffusion":
+        raise CatalogError(f"{where}: ip_adapter is for family stable-diffusion only")
+    elif not spec.reference_images:
+        raise CatalogError(f"{where}: ip_adapter needs reference_images = true")
+    elif spec.ip_adapter == DEMO_WEIGHTS:
+        if not spec.is_demo:
+            raise CatalogError(f'{where}: ip_adapter = "demo" fits only weights = "demo"')
+        if options:
+            raise CatalogError(f'{where}: ip_adapter = "demo" sets {", ".join(options)} itself')
+    elif not spec.ip_adapter.strip():
+        raise CatalogError(f'{where}: ip_adapter must be a folder, a hub id or "demo"')
+    elif not spec.ip_adapter_weight_name:
+        raise CatalogError(f"{where}: ip_adapter needs ip_adapter_weight_name")
+    if spec.family != "stable-diffusion" and any(s.lora for s in spec.style_table.values()):
+        raise CatalogError(f"{where}: style LoRAs are for family stable-diffusion only")
 
 
 def _parse_models(
@@ -328,6 +438,11 @@ def _parse_models(
             raise CatalogError(f"{source}: model {name}: default_size must be one of sizes")
         if not 1 <= spec.n_default <= spec.n_max:
             raise CatalogError(f"{source}: model {name}: need 1 <= n_default <= n_max")
+        if spec.rps <= 0 or spec.in_flight < 1 or spec.price < 0 or spec.free_quota < 0:
+            raise CatalogError(
+                f"{source}: model {name}: need rps > 0, in_flight >= 1, price >= 0, free_quota >= 0"
+            )
+        _check_image_adapters(spec, entry, f"{source}: model {name}")
         models[name] = spec
     if not models:
         raise CatalogError(f"{source}: no models defined")

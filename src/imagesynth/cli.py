@@ -1,4 +1,4 @@
-"""The `imagesynth` command: serve, worker, keys, models, generate."""
+"""The `imagesynth` command: serve, worker, keys, models, generate, inspect."""
 
 from __future__ import annotations
 
@@ -80,6 +80,8 @@ def serve(
 
     def start_background() -> None:
         threads.append(rt.maintenance().start(stop, rt.settings.maintenance_interval_seconds))
+        if rt.rewriter.available:
+            threads.extend(rt.prompt_stage().start(stop))
         if not no_worker:
             thread = threading.Thread(
                 target=rt.worker().run, args=(stop,), name="worker", daemon=True
@@ -94,6 +96,10 @@ def serve(
             thread.join(timeout=60)
 
     log.info("model catalog: %s", rt.catalog.source)
+    log.info(rt.rewriter.describe())
+    log.info(rt.term_filter.describe())
+    if rt.settings.admin_token is None:
+        log.info("admin API (/admin/v1) credential: `imagesynth admin-token`")
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(services, on_startup=start_background, on_shutdown=stop_background),
@@ -131,23 +137,167 @@ def worker(
     w.run(stop)
 
 
+# Options shared by `keys create` and `keys set` (None: leave as it is).
+FreeTierOnly = Annotated[
+    bool | None,
+    typer.Option(
+        "--free-tier-only/--paid",
+        help="Refuse work the free quota cannot cover (403 AllocationQuota.FreeTierOnly), "
+        "or allow paid use after it.",
+    ),
+]
+MonthlyCap = Annotated[
+    str | None,
+    typer.Option(help="Spending cap per calendar month in the catalog's currency; 'none' clears."),
+]
+MaxPending = Annotated[int | None, typer.Option(help="Tasks this key may have waiting.")]
+ForModel = Annotated[
+    str | None, typer.Option("--model", "-m", help="--rps/--in-flight/--free-quota for this model.")
+]
+Rps = Annotated[float | None, typer.Option(help="Submissions per second (per model).")]
+InFlight = Annotated[int | None, typer.Option(help="Tasks running at once (per model).")]
+FreeQuota = Annotated[int | None, typer.Option(help="Free images (per model).")]
+
+
+def _changes(**options: object) -> dict[str, object]:
+    changes = {k: v for k, v in options.items() if v is not None}
+    if changes.get("monthly_cap") == "none":
+        changes["monthly_cap"] = None
+    return changes
+
+
+def _admin_call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """Run an admin operation; print a domain error as a one-line message, exit status 1."""
+    from imagesynth.errors import ImageSynthError
+
+    try:
+        return fn(*args, **kwargs)
+    except ImageSynthError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="A name to recognise the key by.")] = "default",
+    free_tier_only: FreeTierOnly = None,
+    monthly_cap: MonthlyCap = None,
+    max_pending: MaxPending = None,
+    model: ForModel = None,
+    rps: Rps = None,
+    in_flight: InFlight = None,
+    free_quota: FreeQuota = None,
 ) -> None:
     """Create an API key and print it (it is stored hashed and shown only now)."""
-    rt = _runtime()
-    _, secret = rt.services().keys.create(name)
+    admin = _runtime().admin()
+    changes = _changes(
+        free_tier_only=free_tier_only,
+        monthly_cap=monthly_cap,
+        max_pending=max_pending,
+        model=model,
+        rps=rps,
+        in_flight=in_flight,
+        free_quota=free_quota,
+    )
+    _, secret = _admin_call(admin.create, name, changes)
     print(secret)
 
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """List keys (names and prefixes; the secrets are not stored)."""
-    rt = _runtime()
-    for key in rt.store.list_keys():
-        state = "revoked" if key.revoked_at else "active"
-        print(f"{key.id}  {key.prefix}…  {key.name}  {state}")
+    """List keys: id, prefix, name, status, created, last used (the secrets are not stored)."""
+    admin = _runtime().admin()
+    print(f"{'id':<36}  {'prefix':<8} {'name':<16} {'status':<7} {'created':<19}  last used")
+    for key in admin.all_keys():
+        d = admin.describe(key)
+        print(
+            f"{d['id']:<36}  {d['prefix'] + '…':<8} {d['name']:<16} {d['status']:<7} "
+            f"{d['created_at']:<19}  {d['last_used_at'] or 'never'}"
+        )
+
+
+@keys_app.command("show")
+def keys_show(ref: Annotated[str, typer.Argument(help="Key id, name or prefix.")]) -> None:
+    """A key's settings and, per model, its limits, price and free images left (JSON)."""
+    import json
+
+    admin = _runtime().admin()
+    print(json.dumps(_admin_call(admin.show, ref), indent=2, ensure_ascii=False))
+
+
+@keys_app.command("revoke")
+def keys_revoke(ref: Annotated[str, typer.Argument(help="Key id, name or prefix.")]) -> None:
+    """Revoke a key: its next request gets 401 InvalidApiKey."""
+    key = _admin_call(_runtime().admin().revoke, ref)
+    print(f"revoked {key.id} ({key.name})")
+
+
+@keys_app.command("set")
+def keys_set(
+    ref: Annotated[str, typer.Argument(help="Key id, name or prefix.")],
+    free_tier_only: FreeTierOnly = None,
+    monthly_cap: MonthlyCap = None,
+    max_pending: MaxPending = None,
+    model: ForModel = None,
+    rps: Rps = None,
+    in_flight: InFlight = None,
+    free_quota: FreeQuota = None,
+) -> None:
+    """Change a key's limits, free quota or spending cap."""
+    import json
+
+    admin = _runtime().admin()
+    changes = _changes(
+        free_tier_only=free_tier_only,
+        monthly_cap=monthly_cap,
+        max_pending=max_pending,
+        model=model,
+        rps=rps,
+        in_flight=in_flight,
+        free_quota=free_quota,
+    )
+    key = _admin_call(admin.change, ref, changes)
+    print(json.dumps(admin.describe(key), indent=2, ensure_ascii=False))
+
+
+@app.command()
+def usage(
+    key: Annotated[str | None, typer.Option(help="Only this key (id, name or prefix).")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="From this time: 2026-11-01, 2026-11-01T08:00, 24h, 7d.")
+    ] = None,
+    by: Annotated[str | None, typer.Option(help="Split by hour or day.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows.")] = False,
+) -> None:
+    """Calls, outcomes, images, free images left and amount charged per key and model."""
+    import json
+
+    admin = _runtime().admin()
+    rows = _admin_call(admin.usage, key=key, model=model, since=since, by=by)
+    currency = admin.catalog.billing.currency
+    if as_json:
+        print(json.dumps([r.to_json(currency) for r in rows], indent=2, ensure_ascii=False))
+        return
+    print(
+        f"{'period':<16} {'key':<16} {'model':<18} {'calls':>5} {'ok':>4} {'fail':>4} "
+        f"{'canc':>4} {'run':>4} {'images':>6} {'free':>5} {'rate':>5} {'free left':>9} "
+        f"{'amount ' + currency:>12}"
+    )
+    for r in rows:
+        d = r.to_json(currency)
+        rate = "-" if r.success_rate is None else f"{100 * r.success_rate:.0f}%"
+        print(
+            f"{r.period or 'all':<16} {r.key_name[:16]:<16} {r.model:<18} {r.calls:>5} "
+            f"{r.succeeded:>4} {r.failed:>4} {r.canceled:>4} {r.in_progress:>4} {r.images:>6} "
+            f"{r.free_images:>5} {rate:>5} {r.free_images_left:>9} {d['amount']:>12}"
+        )
+
+
+@app.command("admin-token")
+def admin_token() -> None:
+    """Print the admin API's credential (Authorization: Bearer <token> on /admin/v1)."""
+    print(_runtime().admin().token)
 
 
 @models_app.command("list")
@@ -169,6 +319,12 @@ def models_list() -> None:
             "\nDEMO weights are tiny random-weight pipelines built offline: their images are "
             "noise.\nSet real weights in the catalog (see README) to generate real images."
         )
+    from imagesynth.safety.images import build_image_classifier
+
+    print()
+    print(rt.rewriter.describe())
+    print(rt.term_filter.describe())
+    print(build_image_classifier(rt.settings).describe())
 
 
 @models_app.command("make-demo")
@@ -224,6 +380,29 @@ def generate(
     for path in paths:
         print(path)
     print(f"{len(paths)} image(s) in {time.monotonic() - started:.1f}s", file=sys.stderr)
+
+
+@app.command()
+def inspect(
+    file: Annotated[Path, typer.Argument(help="A PNG or JPEG (any image Pillow reads).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show an image's AIGC label, generation parameters and invisible watermark."""
+    import json
+
+    from PIL import UnidentifiedImageError
+
+    from imagesynth.labels.inspect import inspect_file
+
+    try:
+        report = inspect_file(file)
+    except (OSError, UnidentifiedImageError) as exc:
+        print(f"error: cannot read {file}: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+    else:
+        print(report.to_text())
 
 
 def main() -> None:

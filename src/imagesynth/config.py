@@ -7,6 +7,7 @@ it down.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,79 @@ class Settings(BaseSettings):
         "private (e.g. an intranet image host). Empty: public addresses only.",
     )
     upload_ttl_seconds: int = Field(default=48 * 3600, ge=60)
+    max_pending_per_key: int = Field(
+        default=100, ge=1, description="Tasks one key may have waiting (429 beyond it)."
+    )
+    query_rps: float = Field(
+        default=20.0, gt=0, description="Query, list and cancel requests per second per key."
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Credential for the admin API (/admin/v1); default a random token kept "
+        "in home/admin-token.",
+    )
+    label_producer: str = Field(
+        default="imagesynth",
+        min_length=1,
+        description="ContentProducer in every image's AIGC label (your service's name or code).",
+    )
+    invisible_watermark: bool | None = Field(
+        default=None,
+        description="Embed the invisible watermark in every image; unset: when its packages "
+        "are installed (scripts/setup.sh installs them); true: required.",
+    )
+    rewriter: Literal["none", "openai", "local"] | None = Field(
+        default=None,
+        description="Prompt rewriter for prompt_extend: openai (an OpenAI-compatible chat "
+        "endpoint), local (a transformers causal LM folder) or none. Unset: openai when "
+        "rewriter_base_url is set, local when rewriter_path is set, else none.",
+    )
+    rewriter_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1 (vLLM), "
+        "http://127.0.0.1:11434/v1 (Ollama), https://dashscope.aliyuncs.com/compatible-mode/v1.",
+    )
+    rewriter_api_key: SecretStr | None = Field(
+        default=None, description="Bearer key for rewriter_base_url, if it needs one."
+    )
+    rewriter_model: str | None = Field(
+        default=None, description="Model name sent to rewriter_base_url, e.g. qwen-plus."
+    )
+    rewriter_path: Path | None = Field(
+        default=None, description="Folder of a local transformers causal LM (save_pretrained)."
+    )
+    rewriter_device: str = Field(default="cpu", description="torch device of the local rewriter.")
+    rewriter_timeout_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="Longest a rewrite may take, all attempts included; then the original "
+        "prompt is used.",
+    )
+    rewriter_attempts: int = Field(
+        default=2, ge=1, le=10, description="Tries per rewrite (on timeouts, 429 and 5xx)."
+    )
+    blocked_terms_file: Path | None = Field(
+        default=None,
+        description="Extra blocked terms for prompts (one per line, # comments), added to the "
+        "built-in Chinese and English lists.",
+    )
+    allowed_terms_file: Path | None = Field(
+        default=None,
+        description="Phrases that are never blocked although they contain a blocked term "
+        "(e.g. 'nude lipstick'); listing a term itself turns it off.",
+    )
+    image_safety: Literal["auto", "nudenet", "opennsfw", "none"] = Field(
+        default="auto",
+        description="Classifier for generated images: auto uses nudenet if installed, else "
+        "opennsfw (installed with imagesynth), else none.",
+    )
+    image_safety_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Score at which an image is withheld; unset: the classifier's default "
+        "(nudenet 0.5, opennsfw 0.8).",
+    )
     log_level: str = "INFO"
 
     @property

@@ -93,3 +93,23 @@ class UnsupportedFileFormat(ImageSynthError):
 
 class InputTooLarge(ImageSynthError):
     """The input file is too large."""
+
+
+class Throttled(ImageSynthError):
+    """Requests throttling triggered."""
+
+
+class RateQuotaExceeded(ImageSynthError):
+    """Requests rate limit exceeded, please try again later."""
+
+
+class AllocationQuotaExceeded(ImageSynthError):
+    """Allocated quota exceeded, please increase your quota limit."""
+
+
+class FreeTierOnly(ImageSynthError):
+    """Free allocated quota exceeded."""
+
+
+class DataInspectionFailed(ImageSynthError):
+    """Input or output data may contain inappropriate content."""

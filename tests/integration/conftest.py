@@ -45,8 +45,13 @@ class Home:
             check=True,
         )
 
-    def create_key(self, name: str = "test") -> str:
-        return self.cli("keys", "create", "--name", name).stdout.strip()
+    def create_key(self, name: str = "test", *options: str, limited: bool = False) -> str:
+        """A new key. Unless `limited`, with limits out of the way of tests about other
+        things; `options` are more `keys create` flags."""
+        generous = (
+            () if limited else ("--rps", "1000", "--in-flight", "100", "--max-pending", "10000")
+        )
+        return self.cli("keys", "create", "--name", name, *generous, *options).stdout.strip()
 
 
 @dataclass
@@ -114,6 +119,7 @@ class Server:
         task_id: str,
         until: Callable[[dict[str, Any]], bool] | None = None,
         timeout: float = 120,
+        key: str | None = None,
     ) -> dict[str, Any]:
         """Poll until `until(reply)` (default: the task ended)."""
         done = until or (
@@ -121,7 +127,7 @@ class Server:
         )
         deadline = time.monotonic() + timeout
         while True:
-            reply = self.query(task_id)
+            reply = self.query(task_id, key)
             if done(reply):
                 return reply
             if time.monotonic() > deadline:

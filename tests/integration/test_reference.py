@@ -113,12 +113,14 @@ def other_reference() -> Image.Image:
     return ImageOps.mirror(ImageOps.invert(reference_image()))
 
 
-def _call(server: Server, ref_img: str, seed: int = 13, **kwargs: Any) -> Image.Image:
+def _call(
+    server: Server, ref_img: str, seed: int = 13, size: str = "1024*1024", **kwargs: Any
+) -> Image.Image:
     rsp = ImageSynthesis.call(
         model="wanx-v1",
         prompt="a still life",
         n=1,
-        size="1024*1024",
+        size=size,
         seed=seed,
         ref_img=ref_img,
         api_key=server.key,
@@ -126,7 +128,7 @@ def _call(server: Server, ref_img: str, seed: int = 13, **kwargs: Any) -> Image.
     )
     assert rsp.status_code == 200 and rsp.output.task_status == "SUCCEEDED", rsp
     image = fetch_png(rsp.output.results[0].url)
-    assert image.size == (1024, 1024)
+    assert image.size == tuple(int(side) for side in size.split("*"))
     return image
 
 
@@ -174,6 +176,18 @@ def test_refonly_differs_from_repaint(sdk: Server, relay: FileServer) -> None:
     # refonly leaves the seed more say than a repaint does: it takes the look, not the layout.
     repaint_14 = _call(sdk, url, seed=14, ref_mode="repaint", ref_strength=1.0)
     assert mean_abs_diff(*refonly) > mean_abs_diff(repaint, repaint_14)
+
+
+def test_refonly_runs_through_the_ip_adapter(sdk: Server, relay: FileServer) -> None:
+    # The built-in wanx-v1 has the demo IP-Adapter (which path a task takes is checked in
+    # tests/unit/test_engine.py): text to image at the requested size, steered by the
+    # reference, so another reference with the same seed gives another image.
+    relay.routes["/other.png"] = (200, {"Content-Type": "image/png"}, png_bytes(other_reference()))
+    one, other = (
+        _call(sdk, f"{relay.url}/{name}", size="720*1280", ref_mode="refonly", ref_strength=1.0)
+        for name in ("ref.png", "other.png")
+    )
+    assert mean_abs_diff(one, other) > 2.0
 
 
 def test_reference_parameters_are_validated(server: Server, relay: FileServer) -> None:

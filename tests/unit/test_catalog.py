@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from imagesynth.catalog import SEED_MAX, STYLES, Catalog, CatalogError, ModelSpec, Style
+from imagesynth.engine.base import IPAdapterWeights, LoraWeights
 from imagesynth.errors import InvalidParameter, ModelNotFound
 from imagesynth.tasks.models import GenerationParams
 
@@ -478,3 +479,160 @@ def test_style_table_errors(tmp_path: Path, text: str, match: str) -> None:
     path.write_text(text + ('\n[models.y]\nfamily = "wan"\n' if "models" not in text else ""))
     with pytest.raises(CatalogError, match=match):
         Catalog.load(path)
+
+
+# -- wanx-v1 image adapters: IP-Adapter for refonly, LoRAs for styles -------------------------
+
+SD_WITH_REFERENCES = """
+[models.my-sd]
+family = "stable-diffusion"
+weights = "/models/sd15"
+reference_images = true
+"""
+
+
+def test_builtin_wanx_v1_uses_the_demo_ip_adapter(catalog: Catalog, tmp_path: Path) -> None:
+    spec = catalog.get("wanx-v1").engine_spec(tmp_path)
+    assert spec.ip_adapter == IPAdapterWeights(
+        path=str(tmp_path / "stable-diffusion"),
+        weight_name="ip-adapter.safetensors",
+        subfolder="ip-adapter",
+        image_encoder="image_encoder",
+    )
+    assert spec.loras == ()
+    # The other models have none.
+    assert all(
+        m.engine_spec(tmp_path).ip_adapter is None
+        for m in catalog.models.values()
+        if m.name != "wanx-v1"
+    )
+
+
+def test_ip_adapter_keys_reach_the_engine_spec(tmp_path: Path) -> None:
+    catalog = load(
+        tmp_path,
+        SD_WITH_REFERENCES
+        + """
+        ip_adapter = "h94/IP-Adapter"
+        ip_adapter_subfolder = "models"
+        ip_adapter_weight_name = "ip-adapter_sd15.safetensors"
+
+        [models.local-sd]
+        family = "stable-diffusion"
+        weights = "/models/sd15"
+        reference_images = true
+        ip_adapter = "/models/ip"
+        ip_adapter_weight_name = "ip.bin"
+        ip_adapter_image_encoder = "encoders/clip-h"
+
+        [models.plain-sd]
+        family = "stable-diffusion"
+        weights = "/models/sd15"
+        reference_images = true
+        """,
+    )
+    hub, local, plain = (catalog.get(m).engine_spec(tmp_path) for m in catalog.models)
+    assert hub.ip_adapter == IPAdapterWeights(
+        "h94/IP-Adapter", "ip-adapter_sd15.safetensors", "models", "image_encoder"
+    )
+    assert local.ip_adapter == IPAdapterWeights("/models/ip", "ip.bin", "", "encoders/clip-h")
+    assert plain.ip_adapter is None
+    # The worker keys its loaded pipelines by engine spec: each adapter gets its own.
+    assert len({hub, local, plain}) == 3
+    assert hub == catalog.get("my-sd").engine_spec(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (SD_WITH_REFERENCES + "ip_adapter = 3\n", "ip_adapter must be str | None"),
+        (
+            SD_WITH_REFERENCES + 'ip_adapter = "/ip"\nip_adapter_weight_name = true\n',
+            "ip_adapter_weight_name must be str | None",
+        ),
+        (SD_WITH_REFERENCES + 'ip_adapter = "/ip"\n', "needs ip_adapter_weight_name"),
+        (SD_WITH_REFERENCES + 'ip_adapter = ""\n', "must be a folder, a hub id or"),
+        (SD_WITH_REFERENCES + 'ip_adapter = "demo"\n', 'fits only weights = "demo"'),
+        (
+            '[models.x]\nfamily = "stable-diffusion"\nreference_images = true\n'
+            'ip_adapter = "demo"\nip_adapter_subfolder = "models"\n',
+            "sets ip_adapter_subfolder itself",
+        ),
+        (
+            SD_WITH_REFERENCES + 'ip_adapter_weight_name = "ip.bin"\n',
+            "ip_adapter_weight_name need ip_adapter",
+        ),
+        (
+            '[models.x]\nfamily = "stable-diffusion"\nip_adapter = "demo"\n',
+            "ip_adapter needs reference_images = true",
+        ),
+        (
+            '[models.x]\nfamily = "wan"\nreference_images = true\nip_adapter = "demo"\n',
+            "ip_adapter is for family stable-diffusion only",
+        ),
+        (SD_WITH_REFERENCES + "ip_adapter_scale = 0.5\n", r"unknown keys \['ip_adapter_scale'\]"),
+    ],
+    ids=[
+        "not-a-string",
+        "weight-name-not-a-string",
+        "no-weight-name",
+        "empty",
+        "demo-with-real-weights",
+        "demo-with-options",
+        "options-without-adapter",
+        "no-reference-images",
+        "not-stable-diffusion",
+        "unknown-key",
+    ],
+)
+def test_ip_adapter_errors(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(CatalogError, match=match):
+        load(tmp_path, text)
+
+
+def test_style_loras_reach_the_engine_spec(tmp_path: Path) -> None:
+    catalog = load(
+        tmp_path,
+        """
+        [models.my-sd]
+        family = "stable-diffusion"
+        styles = true
+
+        [styles."<ink>"]
+        prompt = "ink painting of {prompt}"
+        lora = "/loras/ink.safetensors"
+        lora_scale = 0.8
+
+        [styles."<auto>"]
+
+        [styles."<clay>"]
+        lora = "/loras/clay.safetensors"
+        """,
+    )
+    assert catalog.styles["<ink>"].lora == "/loras/ink.safetensors"
+    assert catalog.get("my-sd").engine_spec(tmp_path).loras == (
+        LoraWeights("<ink>", "/loras/ink.safetensors", 0.8),
+        LoraWeights("<clay>", "/loras/clay.safetensors", 1.0),
+    )
+
+
+@pytest.mark.parametrize(
+    ("style", "match"),
+    [
+        ('lora = "ink.safetensors"', "lora must be an absolute path to a .safetensors file"),
+        ('lora = "/loras/ink.ckpt"', "lora must be an absolute path to a .safetensors file"),
+        ("lora = 1", "lora must be an absolute path"),
+        ('lora = "/loras/ink.safetensors"\nlora_scale = "high"', "lora_scale must be a number"),
+        ("lora_scale = 0.5", "lora_scale needs lora"),
+    ],
+)
+def test_style_lora_errors(tmp_path: Path, style: str, match: str) -> None:
+    text = f'[styles."<ink>"]\n{style}\n\n[models.y]\nfamily = "stable-diffusion"\n'
+    with pytest.raises(CatalogError, match=match):
+        load(tmp_path, text)
+
+
+def test_style_loras_are_for_stable_diffusion_only(tmp_path: Path) -> None:
+    text = '[styles."<ink>"]\nlora = "/l/ink.safetensors"\n\n[models.w]\nfamily = "wan"\n'
+    with pytest.raises(CatalogError, match="style LoRAs are for family stable-diffusion only"):
+        load(tmp_path, text + "styles = true\n")

@@ -1,7 +1,9 @@
-"""The engine with tiny real pipelines built offline: sizes, seeds, progress, cancellation."""
+"""The engine with tiny real pipelines built offline: sizes, seeds, progress, cancellation,
+reference images (IP-Adapter and fallback) and style LoRAs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -12,20 +14,36 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageOps
 
+from imagesynth.catalog import Catalog, ModelSpec, Style
 from imagesynth.engine.base import (
     FAMILIES,
     Adapter,
     EngineSpec,
     Family,
     GenerationBatch,
+    IPAdapterWeights,
+    LoraWeights,
     StepCallback,
     resolve_device,
     resolve_dtype,
 )
-from imagesynth.engine.demo import MARKER, VERSION, build_demo_weights, is_demo_weights
+from imagesynth.engine.demo import (
+    IP_ADAPTER_IMAGE_ENCODER,
+    IP_ADAPTER_SUBFOLDER,
+    IP_ADAPTER_WEIGHT_NAME,
+    MARKER,
+    VERSION,
+    build_demo_weights,
+    is_demo_weights,
+)
 from imagesynth.engine.registry import create_adapter
+from imagesynth.engine.worker import Worker
+from imagesynth.storage.local import LocalBlobStore
+from imagesynth.storage.png import encode_png
+from imagesynth.tasks.models import GenerationParams, Task, TaskStatus
+from imagesynth.tasks.store_sql import SqlStore
 
 # Real DashScope sizes that are not multiples of what the models generate at.
 AWKWARD: dict[Family, tuple[int, int]] = {
@@ -73,7 +91,9 @@ def generate(
     steps: int = 2,
     on_step: StepCallback | None = None,
     guidance: float = 4.0,
+    **options: Any,
 ) -> list[Image.Image]:
+    """One call; `options` are further GenerationBatch fields (init_image, style_image, ...)."""
     batch = GenerationBatch(
         prompt="a cat on a red sofa",
         negative_prompt="blurry",
@@ -82,6 +102,7 @@ def generate(
         seeds=seeds,
         steps=steps,
         guidance=guidance,
+        **options,
     )
     return adapter.generate(batch, on_step or (lambda done, total: None))
 
@@ -210,3 +231,242 @@ def test_registry_imports_no_torch() -> None:
 def test_registry_rejects_unknown_family() -> None:
     with pytest.raises(ValueError, match="family"):
         create_adapter(EngineSpec("dall-e", "/nowhere"))  # type: ignore[arg-type]
+
+
+# -- wanx-v1 reference images: IP-Adapter (refonly) and its fallback -------------------------
+
+
+def reference_drawing() -> Image.Image:
+    """A picture with structure and colour, unlike the demo models' noise."""
+    image = Image.new("RGB", (512, 512), (30, 90, 200))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((40, 60, 300, 330), fill=(250, 200, 20))
+    draw.ellipse((220, 200, 480, 470), fill=(200, 30, 60))
+    return image
+
+
+def other_drawing() -> Image.Image:
+    return ImageOps.mirror(ImageOps.invert(reference_drawing()))
+
+
+def mean_diff(a: Image.Image, b: Image.Image) -> float:
+    return float(np.abs(pixels(a) - pixels(b)).mean())
+
+
+def max_diff(a: Image.Image, b: Image.Image) -> int:
+    return int(np.abs(pixels(a) - pixels(b)).max())
+
+
+@pytest.fixture(scope="module")
+def ip_adapter(demo_root: Path) -> Adapter:
+    """The demo Stable Diffusion pipeline with the demo IP-Adapter loaded into it."""
+    sd = str(demo_root / "stable-diffusion")
+    weights = IPAdapterWeights(
+        path=sd,
+        weight_name=IP_ADAPTER_WEIGHT_NAME,
+        subfolder=IP_ADAPTER_SUBFOLDER,
+        image_encoder=IP_ADAPTER_IMAGE_ENCODER,
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", _no_network)
+        adapter = create_adapter(
+            EngineSpec("stable-diffusion", sd, device="cpu", ip_adapter=weights)
+        )
+        adapter.load()
+    return adapter
+
+
+def test_image_prompt_follows_the_reference(ip_adapter: Adapter) -> None:
+    def styled(image: Image.Image, scale: float = 1.0) -> Image.Image:
+        (out,) = generate(ip_adapter, (5,), style_image=image, style_scale=scale)
+        assert out.size == SMALL
+        return out
+
+    a, b = styled(reference_drawing()), styled(other_drawing())
+    # Same seed, same prompt: only the reference differs, and the image with it ...
+    assert mean_diff(a, b) > 2.0, mean_diff(a, b)
+    # ... deterministically ...
+    assert max_diff(a, styled(reference_drawing())) <= 1
+    # ... and a lower scale lets the reference say less.
+    weak = mean_diff(styled(reference_drawing(), 0.2), styled(other_drawing(), 0.2))
+    assert weak < 0.6 * mean_diff(a, b), (weak, mean_diff(a, b))
+
+
+def test_calls_without_a_reference_are_unchanged_by_the_ip_adapter(
+    adapters: dict[Family, Adapter], ip_adapter: Adapter
+) -> None:
+    plain = adapters["stable-diffusion"]
+    # Both branches of classifier-free guidance (the zero embeddings differ in shape), a batch.
+    for guidance in (4.0, 1.0):
+        with_adapter = generate(ip_adapter, (7, 8), guidance=guidance)
+        without = generate(plain, (7, 8), guidance=guidance)
+        assert all(max_diff(x, y) <= 1 for x, y in zip(with_adapter, without, strict=True))
+    # Image to image (repaint) too, and the styled call before it leaves no scale behind.
+    generate(ip_adapter, (5,), style_image=reference_drawing(), style_scale=1.0)
+    start = reference_drawing().resize(SMALL)
+    (a,) = generate(ip_adapter, (3,), init_image=start, strength=0.5)
+    (b,) = generate(plain, (3,), init_image=start, strength=0.5)
+    assert max_diff(a, b) <= 1
+
+
+def test_a_style_image_needs_an_ip_adapter(adapters: dict[Family, Adapter]) -> None:
+    with pytest.raises(ValueError, match="IP-Adapter"):
+        generate(adapters["stable-diffusion"], (1,), style_image=reference_drawing())
+
+
+@pytest.fixture
+def worker(tmp_path: Path, demo_root: Path) -> Worker:
+    """A worker (never started) whose blob store holds the reference at refs/a.png."""
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    blobs.put("refs/a.png", encode_png(reference_drawing()))
+    store = SqlStore(f"sqlite:///{tmp_path / 'q.db'}")
+    return Worker(store, blobs, Catalog.load(), demo_root, lease_seconds=30, poll_seconds=1)
+
+
+def worker_batch(worker: Worker, spec: ModelSpec, **params: Any) -> GenerationBatch:
+    """The batch the worker makes of a wanx-v1 task with these GenerationParams fields."""
+    fields: dict[str, Any] = {
+        "prompt": "a still life",
+        "negative_prompt": "",
+        "width": SMALL[0],
+        "height": SMALL[1],
+        "n": 1,
+        "seed": 3,
+        "steps": 2,
+        "guidance": 4.0,
+        "prompt_extend": False,
+        "watermark": False,
+        **params,
+    }
+    task = Task("t", "k", "wanx-v1", GenerationParams(**fields), TaskStatus.RUNNING, "r")
+    return worker._batch(task, spec)
+
+
+def test_worker_routes_references_by_mode_and_adapter(
+    worker: Worker, adapters: dict[Family, Adapter]
+) -> None:
+    with_adapter = worker.catalog.get("wanx-v1")
+    assert with_adapter.ip_adapter == "demo"
+    without = dataclasses.replace(with_adapter, ip_adapter=None)
+
+    def batch(spec: ModelSpec, mode: str) -> GenerationBatch:
+        return worker_batch(
+            worker, spec, ref_image_key="refs/a.png", ref_strength=1.0, ref_mode=mode
+        )
+
+    styled = batch(with_adapter, "refonly")
+    assert styled.init_image is None and styled.style_image is not None
+    assert styled.style_scale == 1.0
+    assert styled.style_image.size == reference_drawing().size
+    repaint = batch(with_adapter, "repaint")
+    assert repaint.style_image is None and repaint.init_image is not None
+    assert repaint.strength == pytest.approx(0.1)
+    # No adapter configured: the documented fallback, image to image from the blurred
+    # reference, which still runs and takes the reference's colours.
+    fallback = batch(without, "refonly")
+    assert fallback.style_image is None and fallback.init_image is not None
+    assert fallback.strength == pytest.approx(0.5)
+    assert mean_diff(fallback.init_image, repaint.init_image) > 5
+    plain = adapters["stable-diffusion"]
+    (out,) = plain.generate(fallback, lambda done, total: None)
+    (unreferenced,) = generate(plain, (3,))
+    palette = pixels(fallback.init_image).mean(axis=(0, 1))
+    assert out.size == SMALL
+    assert (
+        np.abs(pixels(out).mean(axis=(0, 1)) - palette).mean()
+        < np.abs(pixels(unreferenced).mean(axis=(0, 1)) - palette).mean()
+    )
+    # ref_strength 0 still lets the reference in, weakly.
+    weak = worker_batch(
+        worker, with_adapter, ref_image_key="refs/a.png", ref_strength=0.0, ref_mode="refonly"
+    )
+    assert weak.style_scale == pytest.approx(0.2)
+
+
+# -- wanx-v1 styles with a LoRA ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lora_file(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random LoRA for the demo UNet's attention layers, saved as diffusers saves one."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(demo_root / "stable-diffusion" / "unet")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        targets = ["to_q", "to_k", "to_v", "to_out.0"]
+        unet.add_adapter(LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    # Larger than a random init, so that the style shows clearly in the demo's noise.
+    state = {k: v * 4 if ".up." in k else v for k, v in state.items()}
+    folder = tmp_path_factory.mktemp("lora")
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=state, weight_name="ink.safetensors"
+    )
+    return folder / "ink.safetensors"
+
+
+def test_a_style_lora_changes_the_image_only_when_asked(
+    demo_root: Path, adapters: dict[Family, Adapter], lora_file: Path
+) -> None:
+    sd = str(demo_root / "stable-diffusion")
+    spec = EngineSpec(
+        "stable-diffusion",
+        sd,
+        device="cpu",
+        ip_adapter=IPAdapterWeights(
+            sd, IP_ADAPTER_WEIGHT_NAME, IP_ADAPTER_SUBFOLDER, IP_ADAPTER_IMAGE_ENCODER
+        ),
+        # The same file under two styles: two adapters, each switched on alone.
+        loras=(
+            LoraWeights("<ink>", str(lora_file), 1.0),
+            LoraWeights("<faint ink>", str(lora_file), 0.25),
+        ),
+    )
+    adapter = create_adapter(spec)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", _no_network)
+        adapter.load()
+    (base,) = generate(adapters["stable-diffusion"], (3,))
+    (ink,) = generate(adapter, (3,), lora="<ink>")
+    (faint,) = generate(adapter, (3,), lora="<faint ink>")
+    (none,) = generate(adapter, (3,))
+    assert mean_diff(ink, base) > 5, mean_diff(ink, base)
+    assert 0 < mean_diff(faint, base) < 0.6 * mean_diff(ink, base)
+    assert max_diff(none, base) <= 1  # off again after a styled call
+    assert max_diff(generate(adapter, (3,), lora="<ink>")[0], ink) <= 1
+    # A style's LoRA and a refonly reference together.
+    (both,) = generate(adapter, (3,), lora="<ink>", style_image=reference_drawing(), style_scale=1)
+    assert mean_diff(both, ink) > 1
+    with pytest.raises(ValueError, match="LoRA"):
+        generate(adapter, (3,), lora="<clay>")
+
+
+def test_a_missing_lora_file_fails_the_load_naming_the_style(
+    demo_root: Path, tmp_path: Path
+) -> None:
+    spec = EngineSpec(
+        "stable-diffusion",
+        str(demo_root / "stable-diffusion"),
+        device="cpu",
+        loras=(LoraWeights("<ink>", str(tmp_path / "gone.safetensors")),),
+    )
+    with pytest.raises(FileNotFoundError, match="<ink>"):
+        create_adapter(spec).load()
+
+
+def test_worker_switches_on_the_styles_lora(worker: Worker) -> None:
+    wanx = worker.catalog.get("wanx-v1")
+    styles = {
+        "<ink>": Style("<ink>", prompt="ink of {prompt}", lora="/loras/ink.safetensors"),
+        "<auto>": Style("<auto>"),
+    }
+    spec = dataclasses.replace(wanx, style_table=styles)
+    ink = worker_batch(worker, spec, style="<ink>")
+    assert (ink.lora, ink.prompt) == ("<ink>", "ink of a still life")
+    assert worker_batch(worker, spec, style="<auto>").lora is None
+    assert worker_batch(worker, spec).lora is None

@@ -11,21 +11,29 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from imagesynth.auth import KeyService, hash_key
+from imagesynth.accounts.keys import KeyService, hash_key
 from imagesynth.errors import InvalidApiKey, MissingApiKey
-from imagesynth.tasks.models import GenerationParams, ImageResult, Task, TaskFilter, TaskStatus
+from imagesynth.tasks.models import (
+    GenerationParams,
+    ImageResult,
+    Task,
+    TaskFilter,
+    TaskStatus,
+    TaskTerms,
+)
 from imagesynth.tasks.store_sql import SqlStore
 
 # Leases that run out within a test; EXPIRE sleeps just past them.
 SHORT_LEASE = 0.05
 EXPIRE = 0.12
 LONG_LEASE = 30.0
+# No in-flight limit to speak of: the queue-protocol tests are not about limits.
+UNLIMITED = TaskTerms(in_flight=100)
 
 PARAMS = GenerationParams(
     prompt="a red fox in the snow",
@@ -42,34 +50,6 @@ PARAMS = GenerationParams(
 )
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'imagesynth.db'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-def make_store(store_url: str) -> Iterator[Callable[[], SqlStore]]:
-    """Independent SqlStore objects on the same database, like separate processes."""
-    stores: list[SqlStore] = []
-
-    def make() -> SqlStore:
-        store = SqlStore(store_url)
-        store.init_schema()
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        store.close()
-
-
-@pytest.fixture
-def store(make_store: Callable[[], SqlStore]) -> SqlStore:
-    return make_store()
-
-
 def add_task(
     store: SqlStore,
     *,
@@ -78,6 +58,7 @@ def add_task(
     max_attempts: int = 3,
     workspace: str | None = None,
     params: GenerationParams = PARAMS,
+    terms: TaskTerms = UNLIMITED,
 ) -> Task:
     return store.insert_task(
         task_id=str(uuid.uuid4()),
@@ -87,6 +68,7 @@ def add_task(
         request_id=str(uuid.uuid4()),
         workspace=workspace,
         max_attempts=max_attempts,
+        terms=terms,
     )
 
 
@@ -668,10 +650,14 @@ def test_keys_insert_find_touch_list(store: SqlStore) -> None:
     assert store.find_key(hash_key("sk-nope")) is None
     assert [k.id for k in store.list_keys()] == ["id-1", "id-2"]
 
-    store.touch_key("id-1")
+    store.touch_key("id-1", min_interval=60)
     touched = store.find_key(hash_key("sk-abcd-secret"))
     assert touched is not None and touched.last_used_at is not None
     assert touched.last_used_at >= first.created_at
+    # Within the interval a second use is not written again.
+    store.touch_key("id-1", min_interval=60)
+    again = store.find_key(hash_key("sk-abcd-secret"))
+    assert again is not None and again.last_used_at == touched.last_used_at
 
 
 def test_keys_secret_hash_is_unique(store: SqlStore) -> None:
@@ -688,8 +674,8 @@ def test_key_service_authenticates_bearer_keys(store: SqlStore) -> None:
     assert secret.startswith("sk-") and len(secret) == 3 + 48
     assert key.prefix == secret[:7]
     assert store.find_key(secret) is None  # only the hash is stored
-    assert keys.authenticate(f"Bearer {secret}") == key
-    assert keys.authenticate(f"bearer  {secret} ") == key
+    assert keys.authenticate(f"Bearer {secret}").id == key.id
+    assert keys.authenticate(f"bearer  {secret} ").id == key.id
     with pytest.raises(MissingApiKey):
         keys.authenticate(None)
     with pytest.raises(MissingApiKey):
@@ -697,3 +683,47 @@ def test_key_service_authenticates_bearer_keys(store: SqlStore) -> None:
     for bad in (secret, f"Basic {secret}", "Bearer ", f"Bearer {secret}x", "Bearer sk-other"):
         with pytest.raises(InvalidApiKey):
             keys.authenticate(bad)
+
+
+def test_a_task_waiting_for_its_prompt_rewrite_is_not_claimed(store: SqlStore) -> None:
+    task = store.insert_task(
+        task_id="t",
+        api_key_id="key-a",
+        model="wanx-v1",
+        params=PARAMS,
+        request_id="r",
+        workspace=None,
+        max_attempts=3,
+        rewrite_prompt=True,
+    )
+    assert not task.prompt_ready
+    assert store.claim("w", ["wanx-v1"], LONG_LEASE) is None
+
+    leased = store.claim_prompt(lease_seconds=SHORT_LEASE)
+    assert leased is not None and leased.id == "t"
+    assert store.claim_prompt(lease_seconds=LONG_LEASE) is None  # leased to the first
+    time.sleep(EXPIRE)
+    again = store.claim_prompt(lease_seconds=LONG_LEASE)  # its rewriter died: taken again
+    assert again is not None and again.id == "t"
+
+    assert store.set_actual_prompt("t", "a red fox, snowfall, dusk light", note=None)
+    assert not store.set_actual_prompt("t", "twice", note=None)
+    assert store.claim_prompt(lease_seconds=LONG_LEASE) is None
+    running = claimed(store, "w", ["wanx-v1"])
+    assert running.effective_prompt == "a red fox, snowfall, dusk light"
+    assert running.params.prompt == PARAMS.prompt
+
+
+def test_a_cancelled_task_is_not_rewritten(store: SqlStore) -> None:
+    store.insert_task(
+        task_id="t",
+        api_key_id="key-a",
+        model="wanx-v1",
+        params=PARAMS,
+        request_id="r",
+        workspace=None,
+        max_attempts=3,
+        rewrite_prompt=True,
+    )
+    assert store.cancel_pending("t", "key-a")
+    assert store.claim_prompt(lease_seconds=LONG_LEASE) is None

@@ -8,7 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from imagesynth.api import routes_files, routes_multimodal, routes_tasks, routes_uploads
+from imagesynth.api import (
+    routes_admin,
+    routes_files,
+    routes_multimodal,
+    routes_tasks,
+    routes_uploads,
+)
 from imagesynth.api.context import Services
 from imagesynth.api.errors import install_error_handlers
 
@@ -45,4 +51,5 @@ def create_app(
     app.include_router(routes_multimodal.router)
     app.include_router(routes_uploads.router)
     app.include_router(routes_files.router)
+    app.include_router(routes_admin.router)
     return app

@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from imagesynth.auth import KeyService
+from imagesynth.accounts.admin import AdminService
+from imagesynth.accounts.keys import KeyService
 from imagesynth.catalog import Catalog
 from imagesynth.config import Settings
 from imagesynth.errors import InvalidParameter, RequestTooLarge
@@ -34,6 +35,7 @@ class Services:
     signer: UrlSigner
     fetch_policy: FetchPolicy
     uploads: UploadSigner
+    admin: AdminService
 
 
 def services_of(request: Request) -> Services:

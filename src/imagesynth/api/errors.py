@@ -21,6 +21,7 @@ ERRORS: list[tuple[type[errors.ImageSynthError], int, str]] = [
     (errors.EmptyInput, 400, "BadRequest.EmptyInput"),
     (errors.RequestTooLarge, 413, "BadRequest.TooLarge"),
     (errors.InvalidParameter, 400, "InvalidParameter"),
+    (errors.DataInspectionFailed, 400, "DataInspectionFailed"),
     (errors.ModelNotFound, 404, "ModelNotFound"),
     (errors.MissingApiKey, 401, "InvalidApiKey"),
     (errors.InvalidApiKey, 401, "InvalidApiKey"),
@@ -35,6 +36,10 @@ ERRORS: list[tuple[type[errors.ImageSynthError], int, str]] = [
     (errors.FileDownloadFailed, 400, "InvalidParameter.FileDownload"),
     (errors.UnsupportedFileFormat, 400, "BadRequest.UnsupportedFileFormat"),
     (errors.InputTooLarge, 413, "BadRequest.TooLarge"),
+    (errors.Throttled, 429, "Throttling"),
+    (errors.RateQuotaExceeded, 429, "Throttling.RateQuota"),
+    (errors.AllocationQuotaExceeded, 429, "Throttling.AllocationQuota"),
+    (errors.FreeTierOnly, 403, "AllocationQuota.FreeTierOnly"),
 ]
 
 # A failed task's own code, answered on a synchronous endpoint: the client's fault or ours.

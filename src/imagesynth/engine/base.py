@@ -24,6 +24,30 @@ StepCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
+class IPAdapterWeights:
+    """Where an image-prompt adapter (IP-Adapter) is: diffusers' `load_ip_adapter` arguments.
+
+    path: an absolute local folder or a hub id; the weights file is path/subfolder/weight_name.
+    image_encoder: the CLIP image encoder's folder, inside `subfolder` when it has no "/", else
+    relative to `path`.
+    """
+
+    path: str
+    weight_name: str
+    subfolder: str = ""
+    image_encoder: str = "image_encoder"
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    """A LoRA that a request can switch on by name (a wanx-v1 style), at `scale`."""
+
+    name: str
+    path: str  # a .safetensors file on this machine
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class EngineSpec:
     """Where a pipeline's weights are and how to run them.
 
@@ -31,12 +55,16 @@ class EngineSpec:
     device: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", ...
     dtype: "auto" (bf16 on CUDA, fp16 for Stable Diffusion on CUDA, fp32 on CPU), "float32",
     "float16" or "bfloat16".
+    ip_adapter: an image-prompt adapter loaded beside the pipeline (Stable Diffusion only).
+    loras: LoRAs loaded once beside the pipeline, each used only by the calls that name it.
     """
 
     family: Family
     weights: str
     device: str = "auto"
     dtype: str = "auto"
+    ip_adapter: IPAdapterWeights | None = None
+    loras: tuple[LoraWeights, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,6 +83,12 @@ class GenerationBatch:
     # steps actually run, whatever the strength.
     init_image: Image.Image | None = None
     strength: float = 1.0
+    # Image prompt (needs the spec's ip_adapter): generate from noise, steered towards this
+    # picture's look by the adapter at `style_scale` (0 = not at all, 1 = as trained).
+    style_image: Image.Image | None = None
+    style_scale: float = 0.0
+    # The name of one of the spec's `loras` to switch on for this call; None: no LoRA.
+    lora: str | None = None
 
 
 class Adapter(Protocol):

@@ -31,8 +31,13 @@ from imagesynth.engine.base import FAMILIES, Family, hub_offline, quiet_logs
 
 MARKER = "imagesynth-demo.json"
 # Bump when a builder changes, so folders built by an older version are rebuilt.
-VERSION = 3
+VERSION = 4
 SEED = 0
+# The Stable Diffusion demo's image-prompt adapter, inside its folder in h94/IP-Adapter's
+# layout: ip-adapter/ip-adapter.safetensors beside ip-adapter/image_encoder/.
+IP_ADAPTER_SUBFOLDER = "ip-adapter"
+IP_ADAPTER_WEIGHT_NAME = "ip-adapter.safetensors"
+IP_ADAPTER_IMAGE_ENCODER = "image_encoder"
 
 # The tokenizers' vocabularies come from these; what matters is that they cover ordinary prompts.
 _CORPUS = [
@@ -95,7 +100,10 @@ def _ensure(root: Path, family: Family) -> Path:
     try:
         quiet_logs()
         with hub_offline(), _seeded(SEED):
-            _BUILDERS[family]().save_pretrained(tmp)
+            pipe = _BUILDERS[family]()
+            pipe.save_pretrained(tmp)
+            if family == "stable-diffusion":
+                _save_ip_adapter(pipe.unet, tmp / IP_ADAPTER_SUBFOLDER)
         marker = {"demo": True, "family": family, "version": VERSION}
         (tmp / MARKER).write_text(json.dumps(marker) + "\n")
         try:
@@ -347,6 +355,57 @@ def _build_stable_diffusion() -> Any:
         image_encoder=None,
         requires_safety_checker=False,
     )
+
+
+def _save_ip_adapter(unet: Any, folder: Path) -> None:
+    """A random IP-Adapter for `unet`, saved as `load_ip_adapter` reads h94/IP-Adapter's.
+
+    A tiny CLIP image encoder goes to folder/image_encoder. The adapter's state dict holds the
+    image projection (CLIP image embedding -> 4 tokens of the UNet's cross-attention width) and
+    a key and value projection for each cross-attention layer, numbered as in the original
+    checkpoints: every attention processor counts, so the cross-attention (attn2) ones are odd.
+    The value projections are 4x the usual initialisation, so that the reference visibly
+    steers the noise (at scale 1 two different references differ by ~5/255 on average).
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            projection_dim=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=4,
+        )
+    )
+    encoder.save_pretrained(folder / IP_ADAPTER_IMAGE_ENCODER)
+    cross = unet.config.cross_attention_dim
+    embed = encoder.config.projection_dim
+    tokens = 4  # what diffusers' ImageProjection uses for this checkpoint layout
+
+    def linear(out_features: int, in_features: int, gain: float = 1.0) -> torch.Tensor:
+        return torch.randn(out_features, in_features) * (gain / math.sqrt(in_features))
+
+    state = {
+        "image_proj.proj.weight": linear(cross * tokens, embed),
+        "image_proj.proj.bias": torch.zeros(cross * tokens),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue  # self-attention: no image tokens to attend to
+        attn = unet.get_submodule(name.removesuffix(".processor"))
+        hidden = attn.to_k.out_features
+        state[f"ip_adapter.{key_id}.to_k_ip.weight"] = linear(hidden, cross)
+        state[f"ip_adapter.{key_id}.to_v_ip.weight"] = linear(hidden, cross, gain=4.0)
+        key_id += 2
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / IP_ADAPTER_WEIGHT_NAME)
 
 
 def _passthrough_vae() -> Any:

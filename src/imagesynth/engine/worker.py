@@ -22,15 +22,19 @@ from PIL import Image
 from imagesynth.catalog import Catalog, ModelSpec
 from imagesynth.engine.base import Adapter, EngineSpec, GenerationBatch
 from imagesynth.engine.registry import create_adapter
+from imagesynth.errors import DataInspectionFailed
 from imagesynth.inputs.reference import cover, style_only
+from imagesynth.labels.labeler import Labeler
+from imagesynth.safety import audit
+from imagesynth.safety.images import ImageClassifier, NoImageClassifier, Verdict
 from imagesynth.storage.local import LocalBlobStore
-from imagesynth.storage.png import encode_png
 from imagesynth.tasks.models import ImageResult, Task, TaskStatus
 from imagesynth.tasks.store_sql import SqlStore
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_SECONDS = 0.25
+DATA_INSPECTION_FAILED = "DataInspectionFailed"
 
 
 class _Cancelled(Exception):
@@ -59,6 +63,19 @@ def reference_start(
     return image, 1.0 - 0.9 * ref_strength
 
 
+def reference_style(path: Path | None, ref_strength: float) -> tuple[Image.Image, float]:
+    """The image prompt for a wanx-v1 refonly reference where the model has an IP-Adapter, and
+    the adapter's scale: 0.2 at ref_strength 0 (a hint of its look) up to 1.0 at ref_strength 1
+    (as strongly as the adapter was trained to follow it). The image is generated from noise
+    at the requested size, so the reference's layout does not carry over as it does in a
+    repaint; the adapter's image encoder crops and scales the reference itself."""
+    if path is None:
+        raise FileNotFoundError("the task's reference image is gone")
+    with Image.open(path) as stored:
+        image = stored.convert("RGB")
+    return image, 0.2 + 0.8 * ref_strength
+
+
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -75,6 +92,8 @@ class Worker:
         poll_seconds: float,
         models: Sequence[str] | None = None,
         worker_id: str | None = None,
+        labeler: Labeler | None = None,
+        classifier: ImageClassifier | None = None,
     ) -> None:
         self.store = store
         self.blobs = blobs
@@ -84,6 +103,8 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.models = list(models) if models else list(catalog.models)
         self.worker_id = worker_id or new_worker_id()
+        self.labeler = labeler or Labeler()
+        self.classifier: ImageClassifier = classifier or NoImageClassifier()
         self._adapters: dict[EngineSpec, Adapter] = {}
         self._cancel_requested: set[str] = set()
         self._stop = threading.Event()
@@ -91,7 +112,10 @@ class Worker:
     # -- setup ----------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Build demo weights if a served model needs them (offline, once per home)."""
+        """Load the image classifier; build demo weights if a served model needs them
+        (offline, once per home)."""
+        log.info(self.classifier.describe())
+        self.classifier.load()
         demo = [m for m in self.models if self.catalog.get(m).is_demo]
         if not demo:
             return
@@ -171,8 +195,12 @@ class Worker:
             generated = time.monotonic()
             results = []
             for i, image in enumerate(images):
+                withheld = self._inspect(task, i, image)
+                if withheld is not None:
+                    results.append(withheld)  # never written: there is no file to serve
+                    continue
                 key = f"{task.id}/{attempt}/{i}.png"
-                self.blobs.put(key, encode_png(image))
+                self.blobs.put(key, self.labeler.encode(image, task, spec, i))
                 results.append(ImageResult(blob_key=key, actual_prompt=task.effective_prompt))
         except _ShuttingDown:
             self.store.release(task.id, self.worker_id, attempt)
@@ -190,6 +218,14 @@ class Worker:
                 error_message="Image generation failed inside the model pipeline.",
             )
             return
+        if not any(r.blob_key for r in results):
+            self._finish(
+                task,
+                TaskStatus.FAILED,
+                error_code=DATA_INSPECTION_FAILED,
+                error_message=DataInspectionFailed().message,
+            )
+            return
         if self._finish(task, TaskStatus.SUCCEEDED, results=results):
             log.info(
                 "task %s succeeded in %.2fs (pipeline %.2fs)",
@@ -197,6 +233,27 @@ class Worker:
                 time.monotonic() - started,
                 generated - started,
             )
+
+    def _inspect(self, task: Task, index: int, image: Image.Image) -> ImageResult | None:
+        """The slot that replaces an image the classifier flags (or cannot check), else None."""
+        if not self.classifier.enabled:
+            return None
+        try:
+            verdict = self.classifier.score(image)
+        except Exception:
+            # Fail closed: an image nobody could check is not served.
+            log.exception("task %s image %d: safety check failed; withholding it", task.id, index)
+            verdict = Verdict(flagged=True, score=float("nan"), label="check-failed")
+        audit.image_checked(
+            verdict,
+            task_id=task.id,
+            index=index,
+            classifier=self.classifier.name,
+            threshold=self.classifier.threshold,
+        )
+        if not verdict.flagged:
+            return None
+        return ImageResult(code=DATA_INSPECTION_FAILED, message=DataInspectionFailed().message)
 
     def _finish(
         self,
@@ -222,13 +279,21 @@ class Worker:
         if style is not None:
             prompt, negative_prompt = style.apply(prompt, negative_prompt)
         init_image, strength = None, 1.0
+        style_image, style_scale = None, 0.0
         if p.ref_image_key is not None and p.ref_strength is not None:
-            init_image, strength = reference_start(
-                self.blobs.path(p.ref_image_key), p.width, p.height, p.ref_mode, p.ref_strength
-            )
+            path = self.blobs.path(p.ref_image_key)
+            if p.ref_mode == "refonly" and spec.ip_adapter is not None:
+                style_image, style_scale = reference_style(path, p.ref_strength)
+            else:
+                init_image, strength = reference_start(
+                    path, p.width, p.height, p.ref_mode, p.ref_strength
+                )
         return GenerationBatch(
             init_image=init_image,
             strength=strength,
+            style_image=style_image,
+            style_scale=style_scale,
+            lora=style.name if style is not None and style.lora is not None else None,
             prompt=prompt,
             negative_prompt=negative_prompt,
             width=p.width,

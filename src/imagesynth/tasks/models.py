@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from imagesynth.accounts.settings import KeySettings
+
 
 class TaskStatus(StrEnum):
     PENDING = "PENDING"
@@ -70,6 +72,8 @@ class ImageResult:
 
     blob_key: str | None = None
     actual_prompt: str | None = None
+    prompt_ready: bool = True  # False until the prompt stage has rewritten the prompt
+    prompt_note: str | None = None  # why the prompt was kept as given, when it was
     code: str | None = None
     message: str | None = None
 
@@ -79,6 +83,41 @@ class ImageResult:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ImageResult:
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class TaskTerms:
+    """The limits and prices a task was accepted under, fixed at submission."""
+
+    in_flight: int = 2  # this key's tasks of this model RUNNING at once
+    price_micros: int = 0  # per successful image
+    free_quota: int = 0  # the key's free images for this model
+    free_until: float = 0.0  # epoch seconds: free images count only until then
+
+
+@dataclass(frozen=True)
+class KeyStanding:
+    """Where a key stands when a task of one model is submitted (read under the key's lock)."""
+
+    pending: int  # the key's tasks waiting, all models
+    free_used: int  # free images already used, this model
+    reserved: int  # images asked for by the key's unfinished tasks, this model
+    month_charged_micros: int  # charged since the start of the month, all models
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One finished task in the usage ledger (kept after the task itself expires)."""
+
+    task_id: str
+    api_key_id: str
+    model: str
+    status: TaskStatus
+    created_at: float
+    finished_at: float
+    images: int
+    free_images: int
+    amount_micros: int
 
 
 @dataclass(frozen=True)
@@ -104,9 +143,12 @@ class Task:
     error_code: str | None = None
     error_message: str | None = None
     seq: int = 0
+    terms: TaskTerms = field(default_factory=TaskTerms)
     # The prompt the pipeline gets: the rewriter's output when prompt_extend ran (issue 5),
     # otherwise None and the worker uses params.prompt.
     actual_prompt: str | None = None
+    prompt_ready: bool = True  # False until the prompt stage has rewritten the prompt
+    prompt_note: str | None = None  # why the prompt was kept as given, when it was
 
     @property
     def effective_prompt(self) -> str:
@@ -133,3 +175,4 @@ class ApiKey:
     created_at: float
     last_used_at: float | None = None
     revoked_at: float | None = None
+    settings: KeySettings = field(default_factory=KeySettings)

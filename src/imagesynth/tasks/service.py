@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+from imagesynth.accounts.limits import Admission, month_start
 from imagesynth.catalog import Catalog
-from imagesynth.errors import UnsupportedOperation
+from imagesynth.errors import DataInspectionFailed, UnsupportedOperation
 from imagesynth.inputs.reference import decode_reference
+from imagesynth.safety import audit
+from imagesynth.safety.audit import PromptField
+from imagesynth.safety.terms import TermFilter
 from imagesynth.storage.local import LocalBlobStore
 from imagesynth.storage.png import encode_png
-from imagesynth.tasks.models import ApiKey, Task, TaskFilter, TaskStatus
+from imagesynth.tasks.models import ApiKey, GenerationParams, Task, TaskFilter, TaskStatus
 from imagesynth.tasks.store_sql import SqlStore
 
 
 class TaskService:
     def __init__(
-        self, store: SqlStore, catalog: Catalog, blobs: LocalBlobStore, max_attempts: int
+        self,
+        store: SqlStore,
+        catalog: Catalog,
+        blobs: LocalBlobStore,
+        admission: Admission,
+        max_attempts: int,
+        *,
+        terms: TermFilter | None = None,
+        rewrite_prompts: bool = False,
     ) -> None:
+        """terms: the blocked-term filter every prompt passes before it is queued.
+        rewrite_prompts: whether a prompt rewriter runs (the prompt stage), so that tasks
+        asking for prompt_extend wait for it."""
         self.store = store
         self.blobs = blobs
         self.catalog = catalog
+        self.admission = admission
         self.max_attempts = max_attempts
+        self.terms = terms
+        self.rewrite_prompts = rewrite_prompts
 
     def submit(
         self,
@@ -35,38 +54,69 @@ class TaskService:
         workspace: str | None = None,
         reference: Callable[[], bytes] | None = None,
     ) -> Task:
-        """Validate against the model's rules and queue the task (PENDING).
+        """Check the key's rate, validate against the model's rules and queue the task
+        (PENDING) if the key's quotas allow it.
 
         `reference` loads the bytes of the request's reference image; it runs only once the
         parameters passed validation, and its image is checked and stored with the task."""
         spec = self.catalog.get(model)
+        self.admission.take_submission(key, spec)
         params = spec.validate(**fields)
+        self._screen(params, request_id)
         task_id = str(uuid.uuid4())
         if reference is not None and params.ref_mode is not None:
             image = decode_reference(reference())
             ref_key = f"{task_id}/input/ref.png"
             self.blobs.put(ref_key, encode_png(image))
             params = dataclasses.replace(params, ref_image_key=ref_key)
-        return self.store.insert_task(
-            task_id=task_id,
-            api_key_id=key.id,
-            model=spec.name,
-            params=params,
-            request_id=request_id,
-            workspace=workspace,
-            max_attempts=self.max_attempts,
+        terms = self.admission.terms(key, spec)
+        try:
+            return self.store.insert_task(
+                task_id=task_id,
+                api_key_id=key.id,
+                model=spec.name,
+                params=params,
+                request_id=request_id,
+                workspace=workspace,
+                max_attempts=self.max_attempts,
+                terms=terms,
+                admit=self.admission.admit(key, params, terms),
+                month_start=month_start(time.time()),
+                rewrite_prompt=self.rewrite_prompts and params.prompt_extend,
+            )
+        except BaseException:
+            self.blobs.delete_prefix(task_id)  # the refused task's reference, if any
+            raise
+
+    def _screen(self, params: GenerationParams, request_id: str) -> None:
+        """400 DataInspectionFailed for a blocked term in the prompt or negative prompt."""
+        if self.terms is None:
+            return
+        checks: tuple[tuple[PromptField, str], ...] = (
+            ("prompt", params.prompt),
+            ("negative_prompt", params.negative_prompt),
         )
+        for field, text in checks:
+            if not text:
+                continue
+            match = self.terms.check(text, negative=field == "negative_prompt")
+            audit.prompt_checked(match, field=field, request_id=request_id)
+            if match is not None:
+                raise DataInspectionFailed()
 
     def get(self, key: ApiKey, task_id: str) -> Task | None:
         """The task, or None if it never existed, expired, or belongs to another key."""
+        self.admission.take_query(key)
         return self.store.get_task(task_id, key.id)
 
     def list(
         self, key: ApiKey, flt: TaskFilter, page_no: int, page_size: int
     ) -> tuple[int, list[Task]]:
+        self.admission.take_query(key)
         return self.store.list_tasks(key.id, flt, (page_no - 1) * page_size, page_size)
 
     def cancel(self, key: ApiKey, task_id: str) -> None:
+        self.admission.take_query(key)
         # Another key's task and an unknown id get the same answer: ids are not disclosed.
         if not self.store.cancel_pending(task_id, key.id):
             raise UnsupportedOperation()

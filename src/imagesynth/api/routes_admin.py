@@ -1,0 +1,81 @@
+"""The admin API (/admin/v1): keys and usage, for the admin credential only.
+
+Beyond DashScope, which administers keys in its console; the same operations as the
+`imagesynth keys` and `imagesynth usage` commands.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from imagesynth.accounts.admin import AdminService
+from imagesynth.api.context import read_json_object, request_id_of, services_of
+from imagesynth.errors import InvalidParameter
+
+router = APIRouter(prefix="/admin/v1")
+
+
+async def _admin(request: Request) -> AdminService:
+    admin = services_of(request).admin
+    admin.check(request.headers.get("authorization"))
+    return admin
+
+
+@router.get("/keys")
+async def list_keys(request: Request) -> dict[str, Any]:
+    admin = await _admin(request)
+    keys = await run_in_threadpool(admin.all_keys)
+    return {"request_id": request_id_of(request), "keys": [admin.describe(k) for k in keys]}
+
+
+@router.post("/keys")
+async def create_key(request: Request) -> dict[str, Any]:
+    admin = await _admin(request)
+    body = await read_json_object(request)
+    name = body.pop("name", None)
+    if not isinstance(name, str):
+        raise InvalidParameter("name: a key needs a name (a string)")
+    key, secret = await run_in_threadpool(admin.create, name, body)
+    return {"request_id": request_id_of(request), "key": admin.describe(key), "secret": secret}
+
+
+@router.get("/keys/{ref}")
+async def show_key(request: Request, ref: str) -> dict[str, Any]:
+    admin = await _admin(request)
+    return {"request_id": request_id_of(request), "key": await run_in_threadpool(admin.show, ref)}
+
+
+@router.patch("/keys/{ref}")
+async def change_key(request: Request, ref: str) -> dict[str, Any]:
+    admin = await _admin(request)
+    body = await read_json_object(request)
+    key = await run_in_threadpool(admin.change, ref, body)
+    return {"request_id": request_id_of(request), "key": admin.describe(key)}
+
+
+@router.post("/keys/{ref}/revoke")
+async def revoke_key(request: Request, ref: str) -> dict[str, Any]:
+    admin = await _admin(request)
+    key = await run_in_threadpool(admin.revoke, ref)
+    return {"request_id": request_id_of(request), "key": admin.describe(key)}
+
+
+@router.get("/usage")
+async def usage(request: Request) -> dict[str, Any]:
+    admin = await _admin(request)
+    q = request.query_params
+    rows = await run_in_threadpool(
+        functools.partial(
+            admin.usage,
+            key=q.get("key") or None,
+            model=q.get("model") or None,
+            since=q.get("since") or None,
+            by=q.get("by") or None,
+        )
+    )
+    currency = admin.catalog.billing.currency
+    return {"request_id": request_id_of(request), "usage": [r.to_json(currency) for r in rows]}

@@ -1,0 +1,94 @@
+"""Labels one result image: visible mark if asked, invisible mark if on, metadata always."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from PIL import Image
+
+from imagesynth.catalog import ModelSpec
+from imagesynth.config import Settings
+from imagesynth.labels import LabelError, invisible, visible
+from imagesynth.labels.aigc import ImageLabel
+from imagesynth.labels.font import font_path
+from imagesynth.storage.png import encode_png
+from imagesynth.tasks.models import Task
+
+log = logging.getLogger(__name__)
+
+
+def mark_text(spec: ModelSpec) -> str:
+    """The visible mark of a model: the catalog's `watermark_text`, else DashScope's."""
+    return spec.watermark_text or visible.default_text(spec.family)
+
+
+@dataclass(frozen=True)
+class Labeler:
+    """How a worker labels its images; built once from Settings (`from_settings`)."""
+
+    producer: str = "imagesynth"
+    invisible: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Labeler:
+        """Checks up front that what the settings ask for is installed (LabelError if not)."""
+        font_path()  # the visible mark's font: a declared dependency, so missing = broken
+        wanted = settings.invisible_watermark
+        if wanted is None:
+            on = invisible.available()
+            if not on:
+                log.warning("invisible watermark off: its packages are not installed")
+        elif wanted:
+            if not invisible.available():
+                raise LabelError(
+                    "IMAGESYNTH_INVISIBLE_WATERMARK=true but the invisible watermark's packages "
+                    "are not installed (scripts/setup.sh installs them)"
+                )
+            on = True
+        else:
+            on = False
+        log.info(
+            "labels: AIGC metadata by %r on every image; invisible watermark %s",
+            settings.label_producer,
+            "on" if on else "off",
+        )
+        return cls(producer=settings.label_producer, invisible=on)
+
+    def label(self, image: Image.Image, task: Task, spec: ModelSpec, index: int) -> ImageLabel:
+        p = task.params
+        text = mark_text(spec) if p.watermark else None
+        return ImageLabel(
+            producer=self.producer,
+            task_id=task.id,
+            model=task.model,
+            index=index,
+            created_at=task.created_at,
+            generated_at=time.time(),
+            prompt=p.prompt,
+            actual_prompt=task.effective_prompt,
+            negative_prompt=p.negative_prompt,
+            seed=p.seed + index,
+            steps=p.steps,
+            guidance=p.guidance,
+            width=image.width,
+            height=image.height,
+            style=p.style,
+            visible_mark=text,
+            invisible_mark=self.invisible,
+        )
+
+    def apply(self, image: Image.Image, label: ImageLabel) -> Image.Image:
+        """The image with the marks `label` says it carries (the visible one first, so the
+        invisible one covers it too)."""
+        if label.visible_mark:
+            image = visible.draw_mark(image, label.visible_mark)
+        if label.invisible_mark:
+            image = invisible.embed(image)
+        return image
+
+    def encode(self, image: Image.Image, task: Task, spec: ModelSpec, index: int) -> bytes:
+        """Image `index` of `task`, labelled, as PNG bytes."""
+        label = self.label(image, task, spec, index)
+        return encode_png(self.apply(image, label), label.text_chunks(), label.xmp())
