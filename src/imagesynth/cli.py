@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from imagesynth.accounts.settings import CHANGE_FIELDS
 from imagesynth.config import Settings
 from imagesynth.engine.memory import keep_freed_memory
 from imagesynth.runtime import Runtime, configure_logging
@@ -137,7 +138,8 @@ def worker(
     w.run(stop)
 
 
-# Options shared by `keys create` and `keys set` (None: leave as it is).
+# Options shared by `keys create` and `keys set` (None: leave as it is), named as the
+# settings they change (accounts.settings.CHANGE_FIELDS).
 FreeTierOnly = Annotated[
     bool | None,
     typer.Option(
@@ -159,8 +161,9 @@ InFlight = Annotated[int | None, typer.Option(help="Tasks running at once (per m
 FreeQuota = Annotated[int | None, typer.Option(help="Free images (per model).")]
 
 
-def _changes(**options: object) -> dict[str, object]:
-    changes = {k: v for k, v in options.items() if v is not None}
+def _changes(options: dict[str, object]) -> dict[str, object]:
+    """The key settings a command's options change (its other arguments left out)."""
+    changes = {k: v for k, v in options.items() if k in CHANGE_FIELDS and v is not None}
     if changes.get("monthly_cap") == "none":
         changes["monthly_cap"] = None
     return changes
@@ -190,15 +193,7 @@ def keys_create(
 ) -> None:
     """Create an API key and print it (it is stored hashed and shown only now)."""
     admin = _runtime().admin()
-    changes = _changes(
-        free_tier_only=free_tier_only,
-        monthly_cap=monthly_cap,
-        max_pending=max_pending,
-        model=model,
-        rps=rps,
-        in_flight=in_flight,
-        free_quota=free_quota,
-    )
+    changes = _changes(locals())
     _, secret = _admin_call(admin.create, name, changes)
     print(secret)
 
@@ -247,15 +242,7 @@ def keys_set(
     import json
 
     admin = _runtime().admin()
-    changes = _changes(
-        free_tier_only=free_tier_only,
-        monthly_cap=monthly_cap,
-        max_pending=max_pending,
-        model=model,
-        rps=rps,
-        in_flight=in_flight,
-        free_quota=free_quota,
-    )
+    changes = _changes(locals())
     key = _admin_call(admin.change, ref, changes)
     print(json.dumps(admin.describe(key), indent=2, ensure_ascii=False))
 

@@ -13,7 +13,7 @@ import pytest
 from imagesynth.errors import AllocationQuotaExceeded
 from imagesynth.tasks.models import ImageResult, KeyStanding, TaskStatus, TaskTerms
 from imagesynth.tasks.store_sql import SqlStore
-from tests.unit.test_store import PARAMS, add_task, claimed
+from tests.unit.test_store import add_task, claimed
 
 PRICE = 140_000  # 0.14 in micros
 
@@ -119,18 +119,7 @@ def test_standing_counts_waiting_reserved_free_and_charged(store: SqlStore) -> N
     add_task(store, key="a", terms=terms)
     seen: list[KeyStanding] = []
 
-    store.insert_task(
-        task_id="probe",
-        api_key_id="a",
-        model="wanx-v1",
-        params=PARAMS,
-        request_id="r",
-        workspace=None,
-        max_attempts=1,
-        terms=terms,
-        admit=seen.append,
-        month_start=0.0,
-    )
+    add_task(store, key="a", terms=terms, admit=seen.append, month_start=0.0)
     (standing,) = seen
     assert standing.pending == 3  # a's waiting tasks, all models
     assert standing.free_used == 1
@@ -143,16 +132,7 @@ def test_a_refused_admission_inserts_nothing(store: SqlStore) -> None:
         raise AllocationQuotaExceeded()
 
     with pytest.raises(AllocationQuotaExceeded):
-        store.insert_task(
-            task_id="refused",
-            api_key_id="a",
-            model="wanx-v1",
-            params=PARAMS,
-            request_id="r",
-            workspace=None,
-            max_attempts=1,
-            admit=refuse,
-        )
+        add_task(store, key="a", task_id="refused", admit=refuse)
     assert store.get_task("refused") is None
 
 
@@ -168,18 +148,7 @@ def test_admission_is_atomic_across_connections(make_store: Callable[[], SqlStor
     def submit(store: SqlStore) -> None:
         for _ in range(5):
             try:
-                accepted.append(
-                    store.insert_task(
-                        task_id=f"t{threading.get_ident()}-{len(accepted)}-{time.time_ns()}",
-                        api_key_id="a",
-                        model="wanx-v1",
-                        params=PARAMS,
-                        request_id="r",
-                        workspace=None,
-                        max_attempts=1,
-                        admit=cap,
-                    )
-                )
+                accepted.append(add_task(store, key="a", admit=cap))
             except AllocationQuotaExceeded:
                 refused.append(1)
 

@@ -59,9 +59,12 @@ def add_task(
     workspace: str | None = None,
     params: GenerationParams = PARAMS,
     terms: TaskTerms = UNLIMITED,
+    task_id: str | None = None,
+    **more: Any,
 ) -> Task:
+    """Queue a task; `more` goes to insert_task as it is (admit, rewrite_prompt, ...)."""
     return store.insert_task(
-        task_id=str(uuid.uuid4()),
+        task_id=task_id or str(uuid.uuid4()),
         api_key_id=key,
         model=model,
         params=params,
@@ -69,6 +72,7 @@ def add_task(
         workspace=workspace,
         max_attempts=max_attempts,
         terms=terms,
+        **more,
     )
 
 
@@ -686,16 +690,7 @@ def test_key_service_authenticates_bearer_keys(store: SqlStore) -> None:
 
 
 def test_a_task_waiting_for_its_prompt_rewrite_is_not_claimed(store: SqlStore) -> None:
-    task = store.insert_task(
-        task_id="t",
-        api_key_id="key-a",
-        model="wanx-v1",
-        params=PARAMS,
-        request_id="r",
-        workspace=None,
-        max_attempts=3,
-        rewrite_prompt=True,
-    )
+    task = add_task(store, task_id="t", rewrite_prompt=True)
     assert not task.prompt_ready
     assert store.claim("w", ["wanx-v1"], LONG_LEASE) is None
 
@@ -715,15 +710,6 @@ def test_a_task_waiting_for_its_prompt_rewrite_is_not_claimed(store: SqlStore) -
 
 
 def test_a_cancelled_task_is_not_rewritten(store: SqlStore) -> None:
-    store.insert_task(
-        task_id="t",
-        api_key_id="key-a",
-        model="wanx-v1",
-        params=PARAMS,
-        request_id="r",
-        workspace=None,
-        max_attempts=3,
-        rewrite_prompt=True,
-    )
+    add_task(store, task_id="t", rewrite_prompt=True)
     assert store.cancel_pending("t", "key-a")
     assert store.claim_prompt(lease_seconds=LONG_LEASE) is None

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imagesynth.prompts.instructions import plain_prompt, style_for, system_prompt
-from imagesynth.prompts.rewriter import Rewrite, RewriterConfigError, fallback
+from imagesynth.prompts.rewriter import Rewrite, RewriterConfigError, fallback, guarded
 from imagesynth.prompts.validate import accept, detect_language
 
 log = logging.getLogger("imagesynth.prompts")
@@ -118,11 +118,7 @@ class LocalLMRewriter:
         log.info("prompt rewriter model %s loaded in %.1f s", self.path, time.monotonic() - started)
 
     def rewrite(self, prompt: str, *, model: str, max_chars: int) -> Rewrite:
-        try:
-            return self._rewrite(prompt, model=model, max_chars=max_chars)
-        except Exception as exc:  # a bug here must not fail the task
-            log.exception("prompt rewriter failed")
-            return fallback(prompt, f"rewriter error: {type(exc).__name__}")
+        return guarded(self._rewrite, prompt, model=model, max_chars=max_chars)
 
     def _rewrite(self, prompt: str, *, model: str, max_chars: int) -> Rewrite:
         started = time.monotonic()

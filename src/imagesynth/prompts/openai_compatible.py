@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from imagesynth.prompts.instructions import style_for, system_prompt
-from imagesynth.prompts.rewriter import Rewrite, fallback
+from imagesynth.prompts.rewriter import Rewrite, fallback, guarded
 from imagesynth.prompts.validate import accept, detect_language
 
 log = logging.getLogger("imagesynth.prompts")
@@ -115,11 +115,7 @@ class OpenAICompatibleRewriter:
         }
 
     def rewrite(self, prompt: str, *, model: str, max_chars: int) -> Rewrite:
-        try:
-            return self._rewrite(prompt, model=model, max_chars=max_chars)
-        except Exception as exc:  # a bug here must not fail the task
-            log.exception("prompt rewriter failed")
-            return fallback(prompt, f"rewriter error: {type(exc).__name__}")
+        return guarded(self._rewrite, prompt, model=model, max_chars=max_chars)
 
     def _rewrite(self, prompt: str, *, model: str, max_chars: int) -> Rewrite:
         deadline = time.monotonic() + self.timeout

@@ -53,6 +53,16 @@ class PromptRewriter(Protocol):
         ...
 
 
+def guarded(rewrite: Callable[..., Rewrite], prompt: str, *, model: str, max_chars: int) -> Rewrite:
+    """rewrite(prompt, ...), or the original prompt if it raises: a rewriter's bug must not
+    fail the task."""
+    try:
+        return rewrite(prompt, model=model, max_chars=max_chars)
+    except Exception as exc:
+        log.exception("prompt rewriter failed")
+        return fallback(prompt, f"rewriter error: {type(exc).__name__}")
+
+
 def fallback(prompt: str, note: str) -> Rewrite:
     """The original prompt, with a log line saying why it was not rewritten."""
     # The prompt itself stays out of the log: it is the user's data.
