@@ -94,6 +94,7 @@ def test_openai_compatible_rewriter_and_its_timeout(
     slow = generate(server, "a lighthouse, drawn slowly")
     assert slow.output.task_status == "SUCCEEDED"
     assert slow.output.results[0].actual_prompt == "a lighthouse, drawn slowly"
+    assert "no reply within" in slow.output.prompt_extend_note  # says why it was kept
     waited = moment(slow.output.scheduled_time) - moment(slow.output.submit_time)
     assert TIMEOUT * 0.9 <= waited <= TIMEOUT + 2.0, waited
 

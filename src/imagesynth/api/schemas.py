@@ -204,6 +204,10 @@ def task_output(task: Task, spec: ModelSpec | None, url_for: UrlFor) -> dict[str
     ):
         if value is not None:
             out[name] = value
+    if task.prompt_note:
+        # Beyond DashScope: why prompt_extend kept the prompt as given (timeout, a rewrite
+        # that dropped quoted text, ...).
+        out["prompt_extend_note"] = task.prompt_note
     total = task.params.n
     if task.status == TaskStatus.RUNNING:
         out["task_metrics"] = {"TOTAL": total, "SUCCEEDED": 0, "FAILED": 0}

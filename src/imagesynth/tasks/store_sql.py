@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (model, seq) WHERE status = 'PENDING';
 CREATE INDEX IF NOT EXISTS tasks_running ON tasks (lease_until) WHERE status = 'RUNNING';
+CREATE INDEX IF NOT EXISTS tasks_seq ON tasks (seq);
 CREATE INDEX IF NOT EXISTS tasks_by_key ON tasks (api_key_id, created_at);
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished_at);
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -128,6 +129,9 @@ _ADDED_COLUMNS = (
 # Indexes on added columns: created once the columns surely exist.
 _LATE_INDEXES = (
     "CREATE INDEX IF NOT EXISTS tasks_unrewritten ON tasks (seq) WHERE prompt_ready = 0",
+    # Claims take the head of each key's queue: the key's oldest waiting task per model.
+    "CREATE INDEX IF NOT EXISTS tasks_pending_heads ON tasks (model, api_key_id, seq) "
+    "WHERE status = 'PENDING' AND prompt_ready = 1",
 )
 
 _FINAL = "('SUCCEEDED', 'FAILED', 'CANCELED')"
@@ -505,13 +509,17 @@ class SqlStore:
                 f"""WITH running AS (
                     SELECT api_key_id, model, COUNT(*) AS n FROM tasks
                     WHERE status = 'RUNNING' GROUP BY api_key_id, model
+                ), heads AS (
+                    SELECT api_key_id, model, MIN(seq) AS seq FROM tasks
+                    WHERE status = 'PENDING' AND prompt_ready = 1 AND model IN ({placeholders})
+                    GROUP BY model, api_key_id
                 ), next_task AS (
-                    SELECT p.id FROM tasks p
-                    LEFT JOIN running r ON r.api_key_id = p.api_key_id AND r.model = p.model
-                    LEFT JOIN queue_turns q ON q.api_key_id = p.api_key_id
-                    WHERE p.status = 'PENDING' AND p.model IN ({placeholders})
-                      AND p.prompt_ready = 1 AND COALESCE(r.n, 0) < p.in_flight
-                    ORDER BY COALESCE(q.last_turn, 0), p.seq LIMIT 1
+                    SELECT t.id FROM heads h
+                    JOIN tasks t ON t.seq = h.seq
+                    LEFT JOIN running r ON r.api_key_id = h.api_key_id AND r.model = h.model
+                    LEFT JOIN queue_turns q ON q.api_key_id = h.api_key_id
+                    WHERE COALESCE(r.n, 0) < t.in_flight
+                    ORDER BY COALESCE(q.last_turn, 0), h.seq LIMIT 1
                 )
                 UPDATE tasks SET status = 'RUNNING', worker_id = :worker,
                     attempts = attempts + 1, lease_until = {{now}} + :lease,
