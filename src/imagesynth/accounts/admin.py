@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from imagesynth.accounts.keys import KEY_PREFIX, KeyService
-from imagesynth.accounts.limits import DAY, terms_for
+from imagesynth.accounts.limits import DAY, submission_rps, terms_for
 from imagesynth.accounts.money import from_micros
 from imagesynth.accounts.settings import KeySettings, apply_changes
 from imagesynth.accounts.usage import Granularity, UsageRow, usage_report
@@ -96,9 +96,15 @@ class AdminService:
         if by not in (None, "hour", "day"):
             raise InvalidParameter(f"by must be hour or day; got {by!r}")
         granularity: Granularity | None = by  # type: ignore[assignment]
-        keys = [self.keys.resolve(key)] if key else self.store.list_keys()
+        only = self.keys.resolve(key).id if key else None
         return usage_report(
-            self.store, self.catalog, keys, model=model, since=parse_since(since), by=granularity
+            self.store,
+            self.catalog,
+            self.store.list_keys(),
+            key_id=only,
+            model=model,
+            since=parse_since(since),
+            by=granularity,
         )
 
     def describe(self, key: ApiKey, per_model: bool = False) -> dict[str, Any]:
@@ -128,14 +134,12 @@ class AdminService:
                 terms = terms_for(key, spec, self.catalog.billing)
                 used = self.store.free_images_used(key.id, spec.name)
                 models[spec.name] = {
-                    "rps": s.for_model(spec.name).rps or spec.rps,
+                    "rps": submission_rps(key, spec),
                     "in_flight": terms.in_flight,
                     "price": str(from_micros(terms.price_micros)),
                     "free_quota": terms.free_quota,
                     "free_images_used": used,
-                    "free_images_left": max(0, terms.free_quota - used)
-                    if now <= terms.free_until
-                    else 0,
+                    "free_images_left": terms.free_left(used, now),
                     "free_until": iso(terms.free_until),
                 }
             out["models"] = models

@@ -40,6 +40,11 @@ def terms_for(key: ApiKey, spec: ModelSpec, billing: Billing) -> TaskTerms:
     )
 
 
+def submission_rps(key: ApiKey, spec: ModelSpec) -> float:
+    """Submissions per second the key may make for the model: its override, or the catalog's."""
+    return key.settings.for_model(spec.name).rps or spec.rps
+
+
 def month_start(now: float) -> float:
     """The start of the calendar month (local time) that `now` falls in."""
     moment = datetime.fromtimestamp(now)
@@ -57,7 +62,7 @@ class Admission:
 
     def take_submission(self, key: ApiKey, spec: ModelSpec) -> None:
         """One submission against the key's per-model rate; 429 RateQuota beyond it."""
-        rps = key.settings.for_model(spec.name).rps or spec.rps
+        rps = submission_rps(key, spec)
         if not self.store.take_token(f"submit:{key.id}:{spec.name}", rps, max(1.0, rps)):
             raise RateQuotaExceeded()
 
@@ -87,7 +92,7 @@ class Admission:
                     f"{from_micros(cap)} {self.catalog.billing.currency} is reached."
                 )
             if settings.free_tier_only:
-                left = free_images_left(terms, standing, time.time())
+                left = terms.free_left(standing.free_used, time.time(), standing.reserved)
                 if params.n > left:
                     raise FreeTierOnly(
                         f"Free allocated quota exceeded: {left} free images left for this "
@@ -95,11 +100,3 @@ class Admission:
                     )
 
         return check
-
-
-def free_images_left(terms: TaskTerms, standing: KeyStanding, now: float) -> int:
-    """Free images a new task could still use: quota less those used and those that the
-    key's unfinished tasks may yet use."""
-    if now > terms.free_until:
-        return 0
-    return max(0, terms.free_quota - standing.free_used - standing.reserved)

@@ -73,42 +73,50 @@ def usage_report(
     catalog: Catalog,
     keys: Iterable[ApiKey],
     *,
+    key_id: str | None = None,
     model: str | None = None,
     since: float = 0.0,
     by: Granularity | None = None,
 ) -> list[UsageRow]:
-    """One row per key, model and period with any task since `since`, oldest period first."""
+    """One row per key, model and period with any task since `since`, oldest period first.
+
+    `keys` are every key (for their names and free quota); `key_id` limits the report to one."""
     rows: dict[tuple[str, str, str | None], UsageRow] = {}
-    names = {k.id: k for k in keys}
+    by_id = {k.id: k for k in keys}
 
     def row(key_id: str, model_name: str, created_at: float) -> UsageRow:
         at = (key_id, model_name, _period(created_at, by))
         if at not in rows:
-            rows[at] = UsageRow(key_id, names[key_id].name, model_name, at[2])
+            rows[at] = UsageRow(key_id, by_id[key_id].name, model_name, at[2])
         return rows[at]
 
-    for key_id in names:
-        for entry in store.ledger(key_id, model, since):
-            r = row(key_id, entry.model, entry.created_at)
-            r.calls += 1
-            r.images += entry.images
-            r.free_images += entry.free_images
-            r.amount_micros += entry.amount_micros
-            if entry.status == TaskStatus.SUCCEEDED:
-                r.succeeded += 1
-            elif entry.status == TaskStatus.FAILED:
-                r.failed += 1
-            else:
-                r.canceled += 1
-        for _, model_name, created_at in store.unfinished(key_id, model, since):
-            r = row(key_id, model_name, created_at)
-            r.calls += 1
-            r.in_progress += 1
+    for entry in store.ledger(key_id, model, since):
+        r = row(entry.api_key_id, entry.model, entry.created_at)
+        r.calls += 1
+        r.images += entry.images
+        r.free_images += entry.free_images
+        r.amount_micros += entry.amount_micros
+        if entry.status == TaskStatus.SUCCEEDED:
+            r.succeeded += 1
+        elif entry.status == TaskStatus.FAILED:
+            r.failed += 1
+        else:
+            r.canceled += 1
+    for owner, model_name, created_at in store.unfinished(key_id, model, since):
+        r = row(owner, model_name, created_at)
+        r.calls += 1
+        r.in_progress += 1
+
+    # Free images left belong to a key and model, whatever the period: one lookup each.
     now = time.time()
+    left: dict[tuple[str, str], int] = {}
     for r in rows.values():
         spec = catalog.models.get(r.model)
-        if spec is not None:
-            terms = terms_for(names[r.key_id], spec, catalog.billing)
+        if spec is None:
+            continue
+        if (r.key_id, r.model) not in left:
+            terms = terms_for(by_id[r.key_id], spec, catalog.billing)
             used = store.free_images_used(r.key_id, r.model)
-            r.free_images_left = max(0, terms.free_quota - used) if now <= terms.free_until else 0
+            left[r.key_id, r.model] = terms.free_left(used, now)
+        r.free_images_left = left[r.key_id, r.model]
     return sorted(rows.values(), key=lambda r: (r.period or "", r.key_name, r.key_id, r.model))

@@ -52,19 +52,8 @@ class SynthesisParameters(_Loose):
     ref_mode: StrictStr | None = None
 
     def fields(self) -> dict[str, Any]:
-        """As ModelSpec.validate names them."""
-        return {
-            "size": self.size,
-            "n": self.n,
-            "seed": self.seed,
-            "steps": self.steps,
-            "guidance": self.guidance,
-            "prompt_extend": self.prompt_extend,
-            "watermark": self.watermark,
-            "style": self.style,
-            "ref_strength": self.ref_strength,
-            "ref_mode": self.ref_mode,
-        }
+        """As ModelSpec.validate names them (each declared field; extra ones are ignored)."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
 
 
 def _validate(cls: type[_R], body: dict[str, Any]) -> _R:

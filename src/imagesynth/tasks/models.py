@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -44,22 +45,7 @@ class GenerationParams:
     ref_mode: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "width": self.width,
-            "height": self.height,
-            "n": self.n,
-            "seed": self.seed,
-            "steps": self.steps,
-            "guidance": self.guidance,
-            "prompt_extend": self.prompt_extend,
-            "watermark": self.watermark,
-            "style": self.style,
-            "ref_image_key": self.ref_image_key,
-            "ref_strength": self.ref_strength,
-            "ref_mode": self.ref_mode,
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GenerationParams:
@@ -93,6 +79,13 @@ class TaskTerms:
     price_micros: int = 0  # per successful image
     free_quota: int = 0  # the key's free images for this model
     free_until: float = 0.0  # epoch seconds: free images count only until then
+
+    def free_left(self, used: int, now: float, reserved: int = 0) -> int:
+        """Free images still to be had at `now`, with `used` already used and `reserved`
+        promised to unfinished tasks."""
+        if now > self.free_until:
+            return 0
+        return max(0, self.free_quota - used - reserved)
 
 
 @dataclass(frozen=True)
