@@ -16,16 +16,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from imagesynth.engine.base import FAMILIES, EngineSpec, Family, IPAdapterWeights, LoraWeights
-from imagesynth.engine.demo import (
-    IP_ADAPTER_IMAGE_ENCODER,
-    IP_ADAPTER_SUBFOLDER,
-    IP_ADAPTER_WEIGHT_NAME,
+from imagesynth.domain import (
+    BACKENDS,
+    FAMILIES,
+    SEED_MAX,
+    Backend,
+    Family,
+    GenerationParams,
+    parse_size,
 )
 from imagesynth.errors import ImageSynthError, InvalidParameter, ModelNotFound
-from imagesynth.tasks.models import GenerationParams
 
-SEED_MAX = 2_147_483_647
 DEMO_WEIGHTS = "demo"
 REF_MODES = ("repaint", "refonly")
 DEFAULT_REF_STRENGTH = 0.5
@@ -45,18 +46,6 @@ STYLES = (
 
 class CatalogError(ImageSynthError):
     """The model catalog is invalid."""
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'1024*768' -> (1024, 768); raises ValueError on anything else."""
-    # Not str.isdigit() alone: it accepts non-ASCII digits ('１０２４') that int() then reads.
-    # Not a str at all: a catalog file can say `default_size = 1024`.
-    if not isinstance(text, str) or not text.isascii():
-        raise ValueError(text)
-    w, sep, h = text.partition("*")
-    if not sep or not w.isdigit() or not h.isdigit():
-        raise ValueError(text)
-    return int(w), int(h)
 
 
 @dataclass(frozen=True)
@@ -82,6 +71,7 @@ class Style:
 class ModelSpec:
     name: str
     family: Family
+    backend: Backend = "diffusers"  # the engine that runs it (engine/registry.py)
     weights: str = DEMO_WEIGHTS
     device: str = "auto"
     dtype: str = "auto"
@@ -127,37 +117,6 @@ class ModelSpec:
     @property
     def default_steps(self) -> int:
         return self.demo_steps if self.is_demo else self.steps
-
-    def engine_spec(self, demo_root: Path) -> EngineSpec:
-        weights = str(demo_root / self.family) if self.is_demo else self.weights
-        ip_adapter = None
-        if self.ip_adapter == DEMO_WEIGHTS:
-            ip_adapter = IPAdapterWeights(
-                path=weights,
-                weight_name=IP_ADAPTER_WEIGHT_NAME,
-                subfolder=IP_ADAPTER_SUBFOLDER,
-                image_encoder=IP_ADAPTER_IMAGE_ENCODER,
-            )
-        elif self.ip_adapter is not None:
-            ip_adapter = IPAdapterWeights(
-                path=self.ip_adapter,
-                weight_name=self.ip_adapter_weight_name or "",
-                subfolder=self.ip_adapter_subfolder,
-                image_encoder=self.ip_adapter_image_encoder,
-            )
-        loras = tuple(
-            LoraWeights(name=style.name, path=style.lora, scale=style.lora_scale)
-            for style in self.style_table.values()
-            if style.lora is not None
-        )
-        return EngineSpec(
-            family=self.family,
-            weights=weights,
-            device=self.device,
-            dtype=self.dtype,
-            ip_adapter=ip_adapter,
-            loras=loras,
-        )
 
     def size_rule(self) -> str:
         if self.sizes:
@@ -325,6 +284,7 @@ def _has_type(value: object, annotation: object) -> bool:
         "float": (int, float),
         "bool": (bool,),
         "Family": (str,),
+        "Backend": (str,),
         "tuple[str, ...]": (tuple,),
         "Mapping[str, Style]": (dict,),
     }[str(annotation)]
@@ -415,6 +375,8 @@ def _parse_models(
             raise CatalogError(f"{source}: model {name}: unknown keys {sorted(unknown)}")
         if entry.get("family") not in FAMILIES:
             raise CatalogError(f"{source}: model {name}: family must be one of {FAMILIES}")
+        if entry.get("backend", "diffusers") not in BACKENDS:
+            raise CatalogError(f"{source}: model {name}: backend must be one of {BACKENDS}")
         values = dict(entry)
         sizes = values.get("sizes", [])
         if not isinstance(sizes, list):

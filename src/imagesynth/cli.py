@@ -14,8 +14,8 @@ import typer
 
 from imagesynth.accounts.settings import CHANGE_FIELDS
 from imagesynth.config import Settings
-from imagesynth.engine.memory import keep_freed_memory
 from imagesynth.runtime import Runtime, configure_logging
+from imagesynth.worker.memory import keep_freed_memory
 
 app = typer.Typer(help="Self-hosted text-to-image, wire-compatible with DashScope.")
 keys_app = typer.Typer(help="Manage API keys.")
@@ -54,6 +54,20 @@ def _first_key_banner(secret: str, base: str) -> str:
 """
 
 
+def _prompt_stage_line(rt: Runtime, *, worker: bool) -> str:
+    """The startup log's word on prompt_extend in this process."""
+    if rt.prompt_stage_runs_here(worker=worker):
+        return rt.rewriter.describe()
+    if rt.rewriter_kind == "local":
+        return (
+            "prompt_extend: the local LM rewriter runs in worker processes "
+            "(`imagesynth worker`), never in an API-only process"
+        )
+    if rt.rewriter_kind == "openai":
+        return "prompt_extend: the rewriter's prompt stage runs in the API processes"
+    return rt.rewriter.describe()
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -71,7 +85,7 @@ def serve(
         keep_freed_memory()  # before any thread starts: see engine/memory.py
     rt = _runtime()
     services = rt.services()
-    if not rt.store.list_keys():
+    if not services.keys.all():
         _, secret = services.keys.create("first-start")
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         print(_first_key_banner(secret, f"http://{shown}:{port}"), flush=True)
@@ -81,7 +95,7 @@ def serve(
 
     def start_background() -> None:
         threads.append(rt.maintenance().start(stop, rt.settings.maintenance_interval_seconds))
-        if rt.rewriter.available:
+        if rt.prompt_stage_runs_here(worker=not no_worker):
             threads.extend(rt.prompt_stage().start(stop))
         if not no_worker:
             thread = threading.Thread(
@@ -97,7 +111,7 @@ def serve(
             thread.join(timeout=60)
 
     log.info("model catalog: %s", rt.catalog.source)
-    log.info(rt.rewriter.describe())
+    log.info(_prompt_stage_line(rt, worker=not no_worker))
     log.info(rt.term_filter.describe())
     if rt.settings.admin_token is None:
         log.info("admin API (/admin/v1) credential: `imagesynth admin-token`")
@@ -127,6 +141,9 @@ def worker(
         rt.catalog.get(name)
     stop = threading.Event()
     rt.maintenance().start(stop, rt.settings.maintenance_interval_seconds)
+    if rt.prompt_stage_runs_here(worker=True):
+        log.info(_prompt_stage_line(rt, worker=True))
+        rt.prompt_stage().start(stop)
     w = rt.worker(models)
 
     def on_signal(signum: int, frame: object) -> None:
@@ -290,13 +307,15 @@ def admin_token() -> None:
 @models_app.command("list")
 def models_list() -> None:
     """Which models are served, from what weights, demo or real."""
+    from imagesynth.worker.engines import engine_spec
+
     rt = _runtime()
     demo_root = rt.settings.resolved_demo_weights_dir
     print(f"catalog: {rt.catalog.source}")
     print(f"{'model':<20} {'family':<17} {'kind':<5} {'device/dtype':<12} weights")
     for spec in rt.catalog.models.values():
         kind = "DEMO" if spec.is_demo else "real"
-        weights = spec.engine_spec(demo_root).weights
+        weights = engine_spec(spec, demo_root).weights
         print(
             f"{spec.name:<20} {spec.family:<17} {kind:<5} {spec.device + '/' + spec.dtype:<12} "
             f"{weights}"
@@ -319,7 +338,7 @@ def models_make_demo(
     directory: Annotated[Path, typer.Argument(help="Folder to build the demo weights in.")],
 ) -> None:
     """Build the tiny offline demo pipelines (one per family) into DIRECTORY."""
-    from imagesynth.engine.demo import build_demo_weights
+    from imagesynth.engine.diffusers.demo import build_demo_weights
 
     configure_logging("INFO")
     for family, path in build_demo_weights(directory.expanduser().resolve()).items():

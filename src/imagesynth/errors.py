@@ -3,6 +3,8 @@ status and a DashScope code. Each docstring is the default message the client se
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class ImageSynthError(Exception):
     """An internal error has occured, please try again later or contact service support."""
@@ -113,3 +115,11 @@ class FreeTierOnly(ImageSynthError):
 
 class DataInspectionFailed(ImageSynthError):
     """Input or output data may contain inappropriate content."""
+
+
+class FailureCode(StrEnum):
+    """The codes a task (or one image slot of it) can end with, as the task query shows them."""
+
+    ALGO = "InternalError.Algo"  # the pipeline raised
+    WORKER_LOST = "InternalError.WorkerLost"  # the task stopped its worker on every attempt
+    DATA_INSPECTION = "DataInspectionFailed"  # the image classifier withheld the image(s)

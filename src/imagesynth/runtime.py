@@ -1,4 +1,13 @@
-"""Builds the long-lived objects of a process from one Settings."""
+"""The composition root: builds the long-lived objects of a process from one Settings.
+
+Every concrete store, engine and front door is chosen here and handed to the layers below as
+the port they see (docs/architecture.md). Which process runs what:
+- `imagesynth serve --no-worker` (an API process): the HTTP app, maintenance, and the prompt
+  stage when the rewriter is a remote endpoint. It never imports torch, diffusers or
+  transformers: the worker, the engines and a local LM rewriter are built only in workers.
+- `imagesynth worker`, and the in-process worker of `imagesynth serve`: the worker, the image
+  classifier, maintenance, and the prompt stage when the rewriter is a local LM.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,7 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imagesynth.accounts.admin import AdminService, load_admin_token
 from imagesynth.accounts.keys import KeyService
@@ -13,9 +23,10 @@ from imagesynth.accounts.limits import Admission, ServiceLimits
 from imagesynth.api.context import Services
 from imagesynth.catalog import Catalog
 from imagesynth.config import Settings
+from imagesynth.db import SqlStores
 from imagesynth.inputs.fetch import FetchPolicy, parse_networks
 from imagesynth.inputs.uploads import UploadSigner
-from imagesynth.prompts.factory import build_rewriter
+from imagesynth.prompts.factory import build_rewriter, rewriter_kind
 from imagesynth.prompts.rewriter import PromptRewriter
 from imagesynth.safety.terms import TermFilter, build_term_filter
 from imagesynth.storage.local import LocalBlobStore
@@ -23,23 +34,60 @@ from imagesynth.storage.signing import UrlSigner, load_or_create_secret
 from imagesynth.tasks.maintenance import Maintenance
 from imagesynth.tasks.prompt_stage import PromptStage
 from imagesynth.tasks.service import TaskService
-from imagesynth.tasks.store_sql import SqlStore
+
+if TYPE_CHECKING:
+    from imagesynth.worker.worker import Worker
 
 
 @dataclass
 class Runtime:
     settings: Settings
-    store: SqlStore
+    stores: SqlStores
     catalog: Catalog
     blobs: LocalBlobStore
+    secret: bytes  # signs /files URLs and upload policies (each with a key derived from it)
+    signer: UrlSigner
+
+    @classmethod
+    def open(cls, settings: Settings) -> Runtime:
+        settings.home_dir.mkdir(parents=True, exist_ok=True)
+        secret = (
+            settings.url_secret.get_secret_value().encode()
+            if settings.url_secret
+            else load_or_create_secret(settings.home_dir / "secret")
+        )
+        signer = UrlSigner(secret, settings.url_ttl_seconds)
+        return cls(
+            settings=settings,
+            stores=SqlStores.open(settings.resolved_database_url),
+            catalog=Catalog.load(settings.resolved_catalog),
+            blobs=LocalBlobStore(settings.blobs_dir, signer),
+            secret=secret,
+            signer=signer,
+        )
+
+    # -- prompt_extend --------------------------------------------------------------------
 
     @functools.cached_property
     def term_filter(self) -> TermFilter:
         return build_term_filter(self.settings)
 
+    @property
+    def rewriter_kind(self) -> str:
+        """ "openai", "local" or "none" (prompts/factory.py), without building the rewriter."""
+        return rewriter_kind(self.settings)
+
+    def prompt_stage_runs_here(self, *, worker: bool) -> bool:
+        """Whether a process (with a worker or API-only) runs the prompt stage: a remote
+        rewriter's stage runs in API processes; a local LM's in worker processes, which load
+        torch anyway, so that an API process never does."""
+        kind = self.rewriter_kind
+        return kind == "openai" if not worker else kind == "local"
+
     @functools.cached_property
     def rewriter(self) -> PromptRewriter:
-        """prompt_extend's rewriter; its output passes the blocked-term filter too."""
+        """prompt_extend's rewriter; its output passes the blocked-term filter too. Build it
+        only where the prompt stage runs (a local LM is loaded by its stage)."""
         return build_rewriter(self.settings, screen=self.term_filter.screen)
 
     def prompt_stage(self) -> PromptStage:
@@ -48,58 +96,45 @@ class Runtime:
         # take the task over.
         lease = s.rewriter_timeout_seconds * s.rewriter_attempts + 30.0
         return PromptStage(
-            self.store,
+            self.stores.prompts,
             self.catalog,
             self.rewriter,
             lease_seconds=lease,
             poll_seconds=s.worker_poll_seconds,
         )
 
-    @classmethod
-    def open(cls, settings: Settings) -> Runtime:
-        settings.home_dir.mkdir(parents=True, exist_ok=True)
-        store = SqlStore(settings.resolved_database_url)
-        store.init_schema()
-        return cls(
-            settings=settings,
-            store=store,
-            catalog=Catalog.load(settings.resolved_catalog),
-            blobs=LocalBlobStore(settings.blobs_dir),
-        )
+    # -- the API --------------------------------------------------------------------------
 
     def services(self) -> Services:
         s = self.settings
-        secret = (
-            s.url_secret.get_secret_value().encode()
-            if s.url_secret
-            else load_or_create_secret(s.home_dir / "secret")
-        )
-        keys = KeyService(self.store)
+        keys = KeyService(self.stores.keys)
         return Services(
             settings=s,
             catalog=self.catalog,
             tasks=TaskService(
-                self.store,
+                self.stores.tasks,
                 self.catalog,
                 self.blobs,
                 Admission(
-                    self.store,
+                    self.stores.buckets,
                     self.catalog,
                     ServiceLimits(max_pending=s.max_pending_per_key, query_rps=s.query_rps),
                 ),
                 s.max_attempts,
-                terms=self.term_filter,
-                rewrite_prompts=self.rewriter.available,
+                term_filter=self.term_filter,
+                # Tasks wait for the prompt stage wherever it runs (an API process or a
+                # worker): only the configuration says whether there is one.
+                rewrite_prompts=self.rewriter_kind != "none",
             ),
             keys=keys,
             blobs=self.blobs,
-            signer=UrlSigner(secret, s.url_ttl_seconds),
+            signer=self.signer,
             fetch_policy=FetchPolicy(
                 max_bytes=s.fetch_max_bytes,
                 timeout_seconds=s.fetch_timeout_seconds,
                 allow=parse_networks(s.fetch_allow_networks),
             ),
-            uploads=UploadSigner(secret, s.upload_ttl_seconds, s.fetch_max_bytes),
+            uploads=UploadSigner(self.secret, s.upload_ttl_seconds, s.fetch_max_bytes),
             admin=self.admin(keys),
         )
 
@@ -109,25 +144,35 @@ class Runtime:
             s.admin_token.get_secret_value() if s.admin_token else None,
             self.admin_token_path,
         )
-        return AdminService(self.store, self.catalog, keys or KeyService(self.store), token)
+        return AdminService(
+            self.stores.ledger, self.catalog, keys or KeyService(self.stores.keys), token
+        )
 
     @property
     def admin_token_path(self) -> Path:
         return self.settings.home_dir / "admin-token"
 
+    # -- background work ------------------------------------------------------------------
+
     def maintenance(self) -> Maintenance:
         s = self.settings
-        return Maintenance(self.store, self.blobs, s.retention_seconds, s.upload_ttl_seconds)
+        return Maintenance(
+            self.stores.queue,
+            self.stores.tasks,
+            self.blobs,
+            s.retention_seconds,
+            s.upload_ttl_seconds,
+        )
 
-    def worker(self, models: list[str] | None = None):  # type: ignore[no-untyped-def]
-        # Imported here: only worker processes load the engine.
-        from imagesynth.engine.worker import Worker
+    def worker(self, models: list[str] | None = None) -> Worker:
+        # Imported here: only worker processes load the engines.
         from imagesynth.labels.labeler import Labeler
         from imagesynth.safety.images import build_image_classifier
+        from imagesynth.worker.worker import Worker
 
         s = self.settings
         return Worker(
-            self.store,
+            self.stores.queue,
             self.blobs,
             self.catalog,
             s.resolved_demo_weights_dir,

@@ -12,14 +12,14 @@ from typing import Any
 
 from imagesynth.accounts.keys import KEY_PREFIX, KeyService
 from imagesynth.accounts.limits import DAY, submission_rps, terms_for
+from imagesynth.accounts.models import ApiKey
 from imagesynth.accounts.money import from_micros
+from imagesynth.accounts.ports import Ledger
 from imagesynth.accounts.settings import KeySettings, apply_changes
 from imagesynth.accounts.usage import Granularity, UsageRow, usage_report
 from imagesynth.catalog import Catalog
 from imagesynth.errors import AccessDenied, InvalidApiKey, InvalidParameter, MissingApiKey
 from imagesynth.storage.signing import load_or_create_secret
-from imagesynth.tasks.models import ApiKey
-from imagesynth.tasks.store_sql import SqlStore
 
 
 def load_admin_token(configured: str | None, path: Path) -> str:
@@ -48,8 +48,8 @@ def parse_since(text: str | None, now: float | None = None) -> float:
 
 
 class AdminService:
-    def __init__(self, store: SqlStore, catalog: Catalog, keys: KeyService, token: str) -> None:
-        self.store = store
+    def __init__(self, ledger: Ledger, catalog: Catalog, keys: KeyService, token: str) -> None:
+        self.ledger = ledger
         self.catalog = catalog
         self.keys = keys
         self.token = token
@@ -71,7 +71,7 @@ class AdminService:
         return self.keys.create(name, settings)
 
     def all_keys(self) -> list[ApiKey]:
-        return self.store.list_keys()
+        return self.keys.all()
 
     def show(self, ref: str) -> dict[str, Any]:
         return self.describe(self.keys.resolve(ref), per_model=True)
@@ -98,9 +98,9 @@ class AdminService:
         granularity: Granularity | None = by  # type: ignore[assignment]
         only = self.keys.resolve(key).id if key else None
         return usage_report(
-            self.store,
+            self.ledger,
             self.catalog,
-            self.store.list_keys(),
+            self.keys.all(),
             key_id=only,
             model=model,
             since=parse_since(since),
@@ -132,7 +132,7 @@ class AdminService:
             now = time.time()
             for spec in self.catalog.models.values():
                 terms = terms_for(key, spec, self.catalog.billing)
-                used = self.store.free_images_used(key.id, spec.name)
+                used = self.ledger.free_images_used(key.id, spec.name)
                 models[spec.name] = {
                     "rps": submission_rps(key, spec),
                     "in_flight": terms.in_flight,

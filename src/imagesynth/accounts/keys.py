@@ -11,10 +11,10 @@ import hashlib
 import secrets
 import uuid
 
+from imagesynth.accounts.models import ApiKey
+from imagesynth.accounts.ports import KeyStore
 from imagesynth.accounts.settings import KeySettings
 from imagesynth.errors import InvalidApiKey, InvalidParameter, MissingApiKey, ResourceNotFound
-from imagesynth.tasks.models import ApiKey
-from imagesynth.tasks.store_sql import SqlStore
 
 KEY_PREFIX = "sk-"
 # Record a key's last use at most this often: a write per request would be wasted work.
@@ -26,7 +26,7 @@ def hash_key(secret: str) -> str:
 
 
 class KeyService:
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: KeyStore) -> None:
         self.store = store
 
     def create(
@@ -63,12 +63,16 @@ class KeyService:
         key = self.store.get_key(ref)
         if key is not None:
             return key
-        matches = [k for k in self.store.list_keys() if ref in (k.name, k.prefix)]
+        matches = [k for k in self.all() if ref in (k.name, k.prefix)]
         if len(matches) == 1:
             return matches[0]
         if matches:
             raise InvalidParameter(f"{len(matches)} keys match {ref!r}: use the key's id.")
         raise ResourceNotFound(f"No key matches {ref!r}.")
+
+    def all(self) -> list[ApiKey]:
+        """Every key, oldest first."""
+        return self.store.list_keys()
 
     def revoke(self, ref: str) -> ApiKey:
         key = self.resolve(ref)

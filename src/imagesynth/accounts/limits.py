@@ -1,8 +1,9 @@
 """What a key may do: submission rate, tasks waiting, free quota, spending cap (spec §3-4).
 
 Every check reads or writes the database, never one process's memory, so the limits hold when
-several API processes share it. Rates are token buckets (SqlStore.take_token); the quota checks
-run under the key's lock in the same transaction as the task's insert (SqlStore.insert_task).
+several API processes share it. Rates are token buckets (ports.RateBuckets); the quota checks
+run under the key's lock in the same transaction as the task's insert (the task store's
+insert_task calls Admission.admit's check there).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from imagesynth.accounts.models import ApiKey, KeyStanding, TaskTerms
 from imagesynth.accounts.money import from_micros, to_micros
+from imagesynth.accounts.ports import RateBuckets
 from imagesynth.catalog import Billing, Catalog, ModelSpec
+from imagesynth.domain import GenerationParams
 from imagesynth.errors import AllocationQuotaExceeded, FreeTierOnly, RateQuotaExceeded, Throttled
-from imagesynth.tasks.models import ApiKey, GenerationParams, KeyStanding, TaskTerms
-from imagesynth.tasks.store_sql import SqlStore
 
 DAY = 86_400.0
 
@@ -52,8 +54,8 @@ def month_start(now: float) -> float:
 
 
 class Admission:
-    def __init__(self, store: SqlStore, catalog: Catalog, limits: ServiceLimits) -> None:
-        self.store = store
+    def __init__(self, buckets: RateBuckets, catalog: Catalog, limits: ServiceLimits) -> None:
+        self.buckets = buckets
         self.catalog = catalog
         self.limits = limits
 
@@ -63,19 +65,19 @@ class Admission:
     def take_submission(self, key: ApiKey, spec: ModelSpec) -> None:
         """One submission against the key's per-model rate; 429 RateQuota beyond it."""
         rps = submission_rps(key, spec)
-        if not self.store.take_token(f"submit:{key.id}:{spec.name}", rps, max(1.0, rps)):
+        if not self.buckets.take_token(f"submit:{key.id}:{spec.name}", rps, max(1.0, rps)):
             raise RateQuotaExceeded()
 
     def take_query(self, key: ApiKey) -> None:
         """One query, list or cancel request; 429 Throttling beyond the per-key rate."""
         rps = self.limits.query_rps
-        if not self.store.take_token(f"query:{key.id}", rps, max(1.0, rps)):
+        if not self.buckets.take_token(f"query:{key.id}", rps, max(1.0, rps)):
             raise Throttled()
 
     def admit(
         self, key: ApiKey, params: GenerationParams, terms: TaskTerms
     ) -> Callable[[KeyStanding], None]:
-        """The check SqlStore.insert_task runs under the key's lock before queueing."""
+        """The check the task store's insert_task runs under the key's lock before queueing."""
         settings = key.settings
         max_pending = settings.max_pending or self.limits.max_pending
 

@@ -13,10 +13,11 @@ from datetime import datetime
 from typing import Any, Literal
 
 from imagesynth.accounts.limits import terms_for
+from imagesynth.accounts.models import ApiKey
 from imagesynth.accounts.money import from_micros
+from imagesynth.accounts.ports import Ledger
 from imagesynth.catalog import Catalog
-from imagesynth.tasks.models import ApiKey, TaskStatus
-from imagesynth.tasks.store_sql import SqlStore
+from imagesynth.domain import TaskStatus
 
 Granularity = Literal["hour", "day"]
 PERIOD_FORMATS = {"hour": "%Y-%m-%d %H:00", "day": "%Y-%m-%d"}
@@ -69,7 +70,7 @@ def _period(created_at: float, by: Granularity | None) -> str | None:
 
 
 def usage_report(
-    store: SqlStore,
+    ledger: Ledger,
     catalog: Catalog,
     keys: Iterable[ApiKey],
     *,
@@ -90,7 +91,7 @@ def usage_report(
             rows[at] = UsageRow(key_id, by_id[key_id].name, model_name, at[2])
         return rows[at]
 
-    for entry in store.ledger(key_id, model, since):
+    for entry in ledger.entries(key_id, model, since):
         r = row(entry.api_key_id, entry.model, entry.created_at)
         r.calls += 1
         r.images += entry.images
@@ -102,7 +103,7 @@ def usage_report(
             r.failed += 1
         else:
             r.canceled += 1
-    for owner, model_name, created_at in store.unfinished(key_id, model, since):
+    for owner, model_name, created_at in ledger.unfinished(key_id, model, since):
         r = row(owner, model_name, created_at)
         r.calls += 1
         r.in_progress += 1
@@ -116,7 +117,7 @@ def usage_report(
             continue
         if (r.key_id, r.model) not in left:
             terms = terms_for(by_id[r.key_id], spec, catalog.billing)
-            used = store.free_images_used(r.key_id, r.model)
+            used = ledger.free_images_used(r.key_id, r.model)
             left[r.key_id, r.model] = terms.free_left(used, now)
         r.free_images_left = left[r.key_id, r.model]
     return sorted(rows.values(), key=lambda r: (r.period or "", r.key_name, r.key_id, r.model))

@@ -14,14 +14,15 @@ from starlette.concurrency import run_in_threadpool
 
 from imagesynth.accounts.admin import AdminService
 from imagesynth.accounts.keys import KeyService
+from imagesynth.accounts.models import ApiKey
 from imagesynth.catalog import Catalog
 from imagesynth.config import Settings
 from imagesynth.errors import InvalidParameter, RequestTooLarge
 from imagesynth.inputs.fetch import FetchPolicy
 from imagesynth.inputs.uploads import UploadSigner
-from imagesynth.storage.local import LocalBlobStore
+from imagesynth.storage.blobs import BlobStore
 from imagesynth.storage.signing import UrlSigner
-from imagesynth.tasks.models import ApiKey, Task
+from imagesynth.tasks.models import Task
 from imagesynth.tasks.service import TaskService
 
 
@@ -31,8 +32,8 @@ class Services:
     catalog: Catalog
     tasks: TaskService
     keys: KeyService
-    blobs: LocalBlobStore
-    signer: UrlSigner
+    blobs: BlobStore
+    signer: UrlSigner  # checks the signed /files URLs that a local blob store hands out
     fetch_policy: FetchPolicy
     uploads: UploadSigner
     admin: AdminService
@@ -82,10 +83,17 @@ def public_base_url(request: Request) -> str:
 
 
 def url_for(request: Request) -> Callable[[str], str]:
-    """blob key -> the absolute signed URL a client downloads it from."""
+    """blob key -> the absolute URL a client downloads it from, valid for the URL TTL (the
+    blob store decides what that URL is: see storage/blobs.py)."""
     base = public_base_url(request)
-    signer = services_of(request).signer
-    return lambda key: base + signer.sign(f"/files/{key}")
+    svc = services_of(request)
+    ttl = svc.settings.url_ttl_seconds
+
+    def absolute(key: str) -> str:
+        url = svc.blobs.url_for(key, ttl)
+        return base + url if url.startswith("/") else url
+
+    return absolute
 
 
 def is_async(request: Request) -> bool:

@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 from fastapi import Request
 
+from imagesynth.accounts.models import ApiKey
 from imagesynth.api.context import services_of
 from imagesynth.errors import InvalidURL
 from imagesynth.inputs.fetch import fetch
 from imagesynth.inputs.uploads import OSS_SCHEME, owned_blob_key
-from imagesynth.tasks.models import ApiKey
 
 
 def reference_loader(request: Request, key: ApiKey, url: str) -> Callable[[], bytes]:
@@ -25,10 +25,10 @@ def reference_loader(request: Request, key: ApiKey, url: str) -> Callable[[], by
         blob_key = owned_blob_key(url, key.id)
 
         def load_upload() -> bytes:
-            path = svc.blobs.path(blob_key)
-            if path is None:
+            data = svc.blobs.read(blob_key)
+            if data is None:
                 raise InvalidURL("The oss:// URL does not name an upload of this API key.")
-            return path.read_bytes()
+            return data
 
         return load_upload
     if url.startswith(("http://", "https://")):

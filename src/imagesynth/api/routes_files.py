@@ -4,7 +4,8 @@ as with DashScope's OSS links)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from imagesynth.api.context import services_of
 from imagesynth.errors import ResourceNotFound
@@ -13,15 +14,15 @@ router = APIRouter()
 
 
 @router.get("/files/{key:path}")
-async def get_file(request: Request, key: str) -> FileResponse:
+async def get_file(request: Request, key: str) -> Response:
     svc = services_of(request)
     svc.signer.verify(
         f"/files/{key}", request.query_params.get("Expires"), request.query_params.get("Signature")
     )
-    path = svc.blobs.path(key)
-    if path is None:
+    data = await run_in_threadpool(svc.blobs.read, key)
+    if data is None:
         raise ResourceNotFound("The file does not exist or has expired.")
-    return FileResponse(path, media_type="image/png")
+    return Response(data, media_type="image/png")
 
 
 @router.get("/health")

@@ -17,8 +17,8 @@ from imagesynth.api.context import (
 )
 from imagesynth.api.schemas import MultimodalRequest, multimodal_reply
 from imagesynth.api.sync_wait import wait_for_end
+from imagesynth.domain import TaskStatus
 from imagesynth.errors import AccessDenied, InvalidParameter, SyncTimeout, TaskFailed
-from imagesynth.tasks.models import TaskStatus
 
 router = APIRouter()
 

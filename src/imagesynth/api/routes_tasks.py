@@ -26,8 +26,9 @@ from imagesynth.api.schemas import (
     unknown_task_reply,
 )
 from imagesynth.api.sync_wait import wait_for_end
+from imagesynth.domain import TaskStatus
 from imagesynth.errors import AccessDenied, InvalidParameter
-from imagesynth.tasks.models import Task, TaskFilter, TaskStatus
+from imagesynth.tasks.models import Task, TaskFilter
 
 router = APIRouter()
 

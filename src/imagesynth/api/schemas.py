@@ -11,8 +11,9 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, 
 from pydantic import ValidationError as PydanticValidationError
 
 from imagesynth.catalog import ModelSpec
+from imagesynth.domain import TaskStatus
 from imagesynth.errors import EmptyInput, EmptyModel, InvalidParameter
-from imagesynth.tasks.models import Task, TaskStatus
+from imagesynth.tasks.models import Task
 
 UrlFor = Callable[[str], str]  # blob key -> absolute signed URL
 

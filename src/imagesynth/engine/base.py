@@ -1,22 +1,21 @@
-"""What every pipeline family offers the worker: load once, then generate batches.
+"""The engine port: what the worker asks of whatever makes the images.
 
-Adapters are the only code that imports torch and diffusers, and they import them lazily, so
-the API process stays small and starts fast.
+An engine is found by (backend, family) in engine/registry.py; `diffusers` (in-process
+Hugging Face pipelines, engine/diffusers/) is the one backend so far. Engines are the only
+code that imports torch and diffusers, and they import them lazily. This package imports
+nothing of the service (no api, tasks, accounts, storage, worker): the import contracts in
+pyproject.toml hold it to that.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
 from PIL import Image
 
-Family = Literal["qwen-image", "wan", "stable-diffusion"]
-FAMILIES: tuple[Family, ...] = ("qwen-image", "wan", "stable-diffusion")
+from imagesynth.domain import Backend, Family
 
 # Called after each denoising step with (steps_done, steps_total). It may raise to abort the
 # call; the adapter lets the exception propagate and stays usable for the next call.
@@ -61,6 +60,7 @@ class EngineSpec:
 
     family: Family
     weights: str
+    backend: Backend = "diffusers"
     device: str = "auto"
     dtype: str = "auto"
     ip_adapter: IPAdapterWeights | None = None
@@ -91,121 +91,31 @@ class GenerationBatch:
     lora: str | None = None
 
 
-class Adapter(Protocol):
-    """One loaded pipeline. Not thread-safe: the caller serialises `generate` calls."""
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do beyond making images.
+
+    progress: it calls `on_step` after each denoising step, so a task shows its progress.
+    cancel: an exception raised from `on_step` stops the call, so a cancelled (or handed
+    back) task stops at its next step; without it the worker waits for the call to end and
+    then discards its images.
+    """
+
+    progress: bool = True
+    cancel: bool = True
+
+
+class Engine(Protocol):
+    """One loaded model. Not thread-safe: the caller serialises `generate` calls."""
 
     spec: EngineSpec
+    capabilities: Capabilities
 
     def load(self) -> None:
         """Load the weights onto the device. Called once, before any `generate`."""
 
     def generate(self, batch: GenerationBatch, on_step: StepCallback) -> list[Image.Image]:
         """Run one call. Returns exactly len(batch.seeds) RGB images of exactly
-        batch.width x batch.height pixels, in seed order."""
+        batch.width x batch.height pixels, in seed order. Calls `on_step` as its
+        capabilities say; an exception from it propagates and the engine stays usable."""
         ...
-
-
-# Helpers the family adapters share. They import torch and diffusers inside, so importing this
-# module stays cheap.
-
-_DTYPES = ("float32", "float16", "bfloat16")
-
-
-def resolve_device(device: str) -> str:
-    """The torch device to run on: "auto" is "cuda" when a GPU is visible, else "cpu"."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_dtype(dtype: str, device: str, cuda_auto: str = "bfloat16") -> Any:
-    """The torch dtype to load in: "auto" is `cuda_auto` on a GPU and float32 on the CPU."""
-    import torch
-
-    if dtype == "auto":
-        dtype = cuda_auto if device.startswith("cuda") else "float32"
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be auto or one of {', '.join(_DTYPES)}; got {dtype!r}")
-    return getattr(torch, dtype)
-
-
-def load_pipeline(pipeline_cls: Any, spec: EngineSpec, cuda_auto: str, **kwargs: Any) -> Any:
-    """`pipeline_cls.from_pretrained` on the spec's device and dtype, with quiet logs.
-
-    A weights value naming an existing folder is loaded from that folder by absolute path with
-    the hub off; anything else is a hub id and may download.
-    """
-    device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device, cuda_auto)
-    quiet_logs()
-    local = Path(spec.weights).expanduser()
-    if local.is_dir():
-        # A relative `org/name` path would be read as a hub id: always pass it absolute.
-        # huggingface_hub reads HF_HUB_OFFLINE once, at import: local_files_only is what
-        # keeps a process that imported it earlier off the network.
-        with hub_offline():
-            pipe = pipeline_cls.from_pretrained(
-                str(local.resolve()), dtype=dtype, local_files_only=True, **kwargs
-            )
-    else:
-        pipe = pipeline_cls.from_pretrained(spec.weights, dtype=dtype, **kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
-def quiet_logs() -> None:
-    """Errors only from transformers and diffusers, and none of their progress bars."""
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-
-
-@contextmanager
-def hub_offline() -> Iterator[None]:
-    """HF_HUB_OFFLINE=1 for the duration (restored afterwards)."""
-    saved = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["HF_HUB_OFFLINE"]
-        else:
-            os.environ["HF_HUB_OFFLINE"] = saved
-
-
-def run_size(width: int, height: int, multiple: int) -> tuple[int, int]:
-    """The size to generate at: each side rounded up to the model's multiple."""
-    return -(-width // multiple) * multiple, -(-height // multiple) * multiple
-
-
-def fit(image: Image.Image, width: int, height: int) -> Image.Image:
-    """A pipeline's output image as RGB, center-cropped from the run size to width x height."""
-    left = (image.width - width) // 2
-    top = (image.height - height) // 2
-    if left < 0 or top < 0:
-        raise ValueError(f"pipeline returned {image.size}, smaller than {(width, height)}")
-    return image.convert("RGB").crop((left, top, left + width, top + height))
-
-
-def cpu_generators(seeds: tuple[int, ...]) -> list[Any]:
-    """One CPU generator per image, so image i depends only on seeds[i], on any device."""
-    import torch
-
-    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-
-
-def step_callback(on_step: StepCallback, steps: int) -> Callable[..., dict[str, Any]]:
-    """A diffusers `callback_on_step_end` that reports (steps_done, steps) to `on_step`."""
-
-    def callback(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        on_step(i + 1, steps)
-        return {}
-
-    return callback

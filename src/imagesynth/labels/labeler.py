@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 from PIL import Image
 
-from imagesynth.catalog import ModelSpec
 from imagesynth.config import Settings
 from imagesynth.labels import LabelError, invisible, visible
 from imagesynth.labels.aigc import ImageLabel
 from imagesynth.labels.font import font_path
 from imagesynth.storage.png import encode_png
-from imagesynth.tasks.models import Task
 
 log = logging.getLogger(__name__)
-
-
-def mark_text(spec: ModelSpec) -> str:
-    """The visible mark of a model: the catalog's `watermark_text`, else DashScope's."""
-    return spec.watermark_text or visible.default_text(spec.family)
 
 
 @dataclass(frozen=True)
@@ -56,29 +48,6 @@ class Labeler:
         )
         return cls(producer=settings.label_producer, invisible=on)
 
-    def label(self, image: Image.Image, task: Task, spec: ModelSpec, index: int) -> ImageLabel:
-        p = task.params
-        text = mark_text(spec) if p.watermark else None
-        return ImageLabel(
-            producer=self.producer,
-            task_id=task.id,
-            model=task.model,
-            index=index,
-            created_at=task.created_at,
-            generated_at=time.time(),
-            prompt=p.prompt,
-            actual_prompt=task.effective_prompt,
-            negative_prompt=p.negative_prompt,
-            seed=p.seed + index,
-            steps=p.steps,
-            guidance=p.guidance,
-            width=image.width,
-            height=image.height,
-            style=p.style,
-            visible_mark=text,
-            invisible_mark=self.invisible,
-        )
-
     def apply(self, image: Image.Image, label: ImageLabel) -> Image.Image:
         """The image with the marks `label` says it carries (the visible one first, so the
         invisible one covers it too)."""
@@ -88,7 +57,6 @@ class Labeler:
             image = invisible.embed(image)
         return image
 
-    def encode(self, image: Image.Image, task: Task, spec: ModelSpec, index: int) -> bytes:
-        """Image `index` of `task`, labelled, as PNG bytes."""
-        label = self.label(image, task, spec, index)
+    def encode(self, image: Image.Image, label: ImageLabel) -> bytes:
+        """The image with its marks and its label's metadata, as PNG bytes."""
         return encode_png(self.apply(image, label), label.text_chunks(), label.xmp())

@@ -1,4 +1,5 @@
-"""Result files on the local disk, under IMAGESYNTH_HOME/files/<task_id>/<attempt>/<i>.png."""
+"""Blobs on the local disk, under IMAGESYNTH_HOME/files/<key>, reached by clients at signed,
+expiring `/files/<key>` URLs that the API serves (api/routes_files.py)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from imagesynth.storage.blobs import InvalidBlobKey
+from imagesynth.storage.signing import UrlSigner
+
 # Keys are made by the service, never by clients; the pattern still guards every path built
 # from one, so a forged key can never name a file outside the store.
 _KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
-
-
-class InvalidBlobKey(ValueError):
-    pass
+FILES_ROUTE = "/files/"
 
 
 class LocalBlobStore:
-    def __init__(self, root: Path) -> None:
+    """storage.blobs.BlobStore on one machine's disk (shared by every process of one home)."""
+
+    def __init__(self, root: Path, signer: UrlSigner | None = None) -> None:
         self.root = root
+        self.signer = signer
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
@@ -30,7 +34,6 @@ class LocalBlobStore:
         return self.root / key
 
     def put(self, key: str, data: bytes) -> None:
-        """Write atomically: a reader sees the whole file or none."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -43,19 +46,27 @@ class LocalBlobStore:
             raise
 
     def path(self, key: str) -> Path | None:
-        """The file for key, or None if there is none."""
+        """The file for key, or None if there is none (this store's own detail: the port
+        hands out bytes and URLs, never paths)."""
         try:
             path = self._path(key)
         except InvalidBlobKey:
             return None
         return path if path.is_file() else None
 
+    def read(self, key: str) -> bytes | None:
+        path = self.path(key)
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None  # deleted (expired, or a lost lease's output) since the check
+
     def delete_prefix(self, prefix: str) -> None:
-        """Delete every file of one task (prefix = task id)."""
         shutil.rmtree(self._path(prefix), ignore_errors=True)
 
-    def delete_older_than(self, prefix: str, age_seconds: float) -> int:
-        """Delete files under prefix last written more than age_seconds ago; returns how many."""
+    def expire(self, prefix: str, age_seconds: float) -> int:
         cutoff = time.time() - age_seconds
         removed = 0
         for path in self._path(prefix).rglob("*"):
@@ -66,3 +77,9 @@ class LocalBlobStore:
             except FileNotFoundError:
                 pass  # another process's maintenance pass got there first
         return removed
+
+    def url_for(self, key: str, ttl_seconds: float) -> str:
+        self._path(key)  # never sign a URL for a key that cannot name a blob
+        if self.signer is None:
+            raise RuntimeError("this LocalBlobStore was built without a URL signer")
+        return self.signer.sign(FILES_ROUTE + key, ttl_seconds=ttl_seconds)

@@ -50,10 +50,12 @@ class UrlSigner:
         message = f"{path}\n{expires}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
-    def sign(self, path: str, now: float | None = None) -> str:
-        """'/files/a/b.png' -> '/files/a/b.png?Expires=...&Signature=...'"""
+    def sign(self, path: str, now: float | None = None, ttl_seconds: float | None = None) -> str:
+        """'/files/a/b.png' -> '/files/a/b.png?Expires=...&Signature=...', valid for
+        `ttl_seconds` (default: the signer's TTL)."""
+        ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
         # Rounded up: a link is never valid for less than the TTL.
-        expires = math.ceil((time.time() if now is None else now) + self.ttl_seconds)
+        expires = math.ceil((time.time() if now is None else now) + ttl)
         return f"{path}?Expires={expires}&Signature={self._signature(path, expires)}"
 
     def verify(self, path: str, expires: str | None, signature: str | None) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from imagesynth.storage.local import LocalBlobStore
-from imagesynth.tasks.store_sql import SqlStore
+from imagesynth.storage.blobs import BlobStore
+from imagesynth.tasks.ports import ExpiringTasks, LeaseReaper
 
 log = logging.getLogger(__name__)
 
@@ -15,28 +15,30 @@ log = logging.getLogger(__name__)
 class Maintenance:
     def __init__(
         self,
-        store: SqlStore,
-        blobs: LocalBlobStore,
+        reaper: LeaseReaper,
+        tasks: ExpiringTasks,
+        blobs: BlobStore,
         retention_seconds: float,
         upload_ttl_seconds: float | None = None,
     ) -> None:
-        self.store = store
+        self.reaper = reaper
+        self.tasks = tasks
         self.blobs = blobs
         self.retention_seconds = retention_seconds
         self.upload_ttl_seconds = upload_ttl_seconds
 
     def run_once(self) -> None:
-        for task_id, status in self.store.reap_expired_leases():
+        for task_id, status in self.reaper.reap_expired_leases():
             log.warning("task %s: worker lease expired -> %s", task_id, status)
-        while expired := self.store.expired_task_ids(self.retention_seconds):
+        while expired := self.tasks.expired_task_ids(self.retention_seconds):
             # Files first: a crash in between leaves a row whose files are gone (it was
             # expiring anyway), never files that no row will ever delete.
             for task_id in expired:
                 self.blobs.delete_prefix(task_id)
-            self.store.delete_tasks(expired)
+            self.tasks.delete_tasks(expired)
             log.info("forgot %d expired tasks", len(expired))
         if self.upload_ttl_seconds is not None:
-            removed = self.blobs.delete_older_than("uploads", self.upload_ttl_seconds)
+            removed = self.blobs.expire("uploads", self.upload_ttl_seconds)
             if removed:
                 log.info("deleted %d expired uploads", removed)
 

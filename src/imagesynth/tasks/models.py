@@ -2,54 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
-from imagesynth.accounts.settings import KeySettings
-
-
-class TaskStatus(StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELED = "CANCELED"
-    UNKNOWN = "UNKNOWN"
-
-    @property
-    def is_final(self) -> bool:
-        return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED)
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """Validated generation parameters: every default already filled in."""
-
-    prompt: str
-    negative_prompt: str
-    width: int
-    height: int
-    n: int
-    seed: int
-    steps: int
-    guidance: float
-    prompt_extend: bool
-    watermark: bool
-    style: str | None = None
-    # wanx-v1 reference image: the stored (validated, PNG) copy, how close to stay to it
-    # (0..1, 1 = closest) and whether to follow its content (repaint) or its style (refonly).
-    ref_image_key: str | None = None
-    ref_strength: float | None = None
-    ref_mode: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> GenerationParams:
-        return cls(**data)
+from imagesynth.accounts.models import TaskTerms
+from imagesynth.domain import GenerationParams, TaskStatus
 
 
 @dataclass(frozen=True)
@@ -58,8 +15,6 @@ class ImageResult:
 
     blob_key: str | None = None
     actual_prompt: str | None = None
-    prompt_ready: bool = True  # False until the prompt stage has rewritten the prompt
-    prompt_note: str | None = None  # why the prompt was kept as given, when it was
     code: str | None = None
     message: str | None = None
 
@@ -68,49 +23,9 @@ class ImageResult:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ImageResult:
+        # Results stored before 0.2 carry the prompt stage's flags, which belong to the task.
+        data = {k: v for k, v in data.items() if k not in ("prompt_ready", "prompt_note")}
         return cls(**data)
-
-
-@dataclass(frozen=True)
-class TaskTerms:
-    """The limits and prices a task was accepted under, fixed at submission."""
-
-    in_flight: int = 2  # this key's tasks of this model RUNNING at once
-    price_micros: int = 0  # per successful image
-    free_quota: int = 0  # the key's free images for this model
-    free_until: float = 0.0  # epoch seconds: free images count only until then
-
-    def free_left(self, used: int, now: float, reserved: int = 0) -> int:
-        """Free images still to be had at `now`, with `used` already used and `reserved`
-        promised to unfinished tasks."""
-        if now > self.free_until:
-            return 0
-        return max(0, self.free_quota - used - reserved)
-
-
-@dataclass(frozen=True)
-class KeyStanding:
-    """Where a key stands when a task of one model is submitted (read under the key's lock)."""
-
-    pending: int  # the key's tasks waiting, all models
-    free_used: int  # free images already used, this model
-    reserved: int  # images asked for by the key's unfinished tasks, this model
-    month_charged_micros: int  # charged since the start of the month, all models
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """One finished task in the usage ledger (kept after the task itself expires)."""
-
-    task_id: str
-    api_key_id: str
-    model: str
-    status: TaskStatus
-    created_at: float
-    finished_at: float
-    images: int
-    free_images: int
-    amount_micros: int
 
 
 @dataclass(frozen=True)
@@ -137,8 +52,8 @@ class Task:
     error_message: str | None = None
     seq: int = 0
     terms: TaskTerms = field(default_factory=TaskTerms)
-    # The prompt the pipeline gets: the rewriter's output when prompt_extend ran (issue 5),
-    # otherwise None and the worker uses params.prompt.
+    # The prompt the pipeline gets: the rewriter's output when prompt_extend ran, otherwise
+    # None and the worker uses params.prompt.
     actual_prompt: str | None = None
     prompt_ready: bool = True  # False until the prompt stage has rewritten the prompt
     prompt_note: str | None = None  # why the prompt was kept as given, when it was
@@ -158,14 +73,3 @@ class TaskFilter:
     status: TaskStatus | None = None
     task_id: str | None = None
     workspace: str | None = None
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    id: str
-    name: str
-    prefix: str
-    created_at: float
-    last_used_at: float | None = None
-    revoked_at: float | None = None
-    settings: KeySettings = field(default_factory=KeySettings)

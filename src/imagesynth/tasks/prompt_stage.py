@@ -15,7 +15,7 @@ import threading
 from imagesynth.catalog import Catalog
 from imagesynth.prompts.rewriter import PromptRewriter
 from imagesynth.tasks.models import Task
-from imagesynth.tasks.store_sql import SqlStore
+from imagesynth.tasks.ports import PromptQueue
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class PromptStage:
     def __init__(
         self,
-        store: SqlStore,
+        queue: PromptQueue,
         catalog: Catalog,
         rewriter: PromptRewriter,
         *,
@@ -31,7 +31,7 @@ class PromptStage:
         poll_seconds: float,
         concurrency: int = 4,
     ) -> None:
-        self.store = store
+        self.queue = queue
         self.catalog = catalog
         self.rewriter = rewriter
         self.lease_seconds = lease_seconds
@@ -67,7 +67,7 @@ class PromptStage:
 
     def run_one(self) -> bool:
         """Rewrite one waiting task's prompt; False when none was waiting."""
-        task = self.store.claim_prompt(self.lease_seconds)
+        task = self.queue.claim_prompt(self.lease_seconds)
         if task is None:
             return False
         self.rewrite(task)
@@ -79,5 +79,5 @@ class PromptStage:
         result = self.rewriter.rewrite(task.params.prompt, model=task.model, max_chars=max_chars)
         if result.note:
             log.info("task %s: prompt_extend note: %s", task.id, result.note)
-        if not self.store.set_actual_prompt(task.id, result.text, result.note):
+        if not self.queue.set_actual_prompt(task.id, result.text, result.note):
             log.info("task %s: prompt already set by another stage", task.id)

@@ -9,31 +9,33 @@ from collections.abc import Callable
 from typing import Any
 
 from imagesynth.accounts.limits import Admission, month_start
+from imagesynth.accounts.models import ApiKey
 from imagesynth.catalog import Catalog
+from imagesynth.domain import GenerationParams, TaskStatus
 from imagesynth.errors import DataInspectionFailed, UnsupportedOperation
 from imagesynth.inputs.reference import decode_reference
 from imagesynth.safety import audit
 from imagesynth.safety.audit import PromptField
 from imagesynth.safety.terms import TermFilter
-from imagesynth.storage.local import LocalBlobStore
+from imagesynth.storage.blobs import BlobStore
 from imagesynth.storage.png import encode_png
-from imagesynth.tasks.models import ApiKey, GenerationParams, Task, TaskFilter, TaskStatus
-from imagesynth.tasks.store_sql import SqlStore
+from imagesynth.tasks.models import Task, TaskFilter
+from imagesynth.tasks.ports import TaskStore
 
 
 class TaskService:
     def __init__(
         self,
-        store: SqlStore,
+        store: TaskStore,
         catalog: Catalog,
-        blobs: LocalBlobStore,
+        blobs: BlobStore,
         admission: Admission,
         max_attempts: int,
         *,
-        terms: TermFilter | None = None,
+        term_filter: TermFilter | None = None,
         rewrite_prompts: bool = False,
     ) -> None:
-        """terms: the blocked-term filter every prompt passes before it is queued.
+        """term_filter: the blocked-term filter every prompt passes before it is queued.
         rewrite_prompts: whether a prompt rewriter runs (the prompt stage), so that tasks
         asking for prompt_extend wait for it."""
         self.store = store
@@ -41,7 +43,7 @@ class TaskService:
         self.catalog = catalog
         self.admission = admission
         self.max_attempts = max_attempts
-        self.terms = terms
+        self.term_filter = term_filter
         self.rewrite_prompts = rewrite_prompts
 
     def submit(
@@ -90,7 +92,7 @@ class TaskService:
 
     def _screen(self, params: GenerationParams, request_id: str) -> None:
         """400 DataInspectionFailed for a blocked term in the prompt or negative prompt."""
-        if self.terms is None:
+        if self.term_filter is None:
             return
         checks: tuple[tuple[PromptField, str], ...] = (
             ("prompt", params.prompt),
@@ -99,7 +101,7 @@ class TaskService:
         for field, text in checks:
             if not text:
                 continue
-            match = self.terms.check(text, negative=field == "negative_prompt")
+            match = self.term_filter.check(text, negative=field == "negative_prompt")
             audit.prompt_checked(match, field=field, request_id=request_id)
             if match is not None:
                 raise DataInspectionFailed()

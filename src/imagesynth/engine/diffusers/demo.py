@@ -27,7 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from imagesynth.engine.base import FAMILIES, Family, hub_offline, quiet_logs
+from imagesynth.domain import FAMILIES, Family
+from imagesynth.engine.diffusers.pipelines import quiet_logs
 
 MARKER = "imagesynth-demo.json"
 # Bump when a builder changes, so folders built by an older version are rebuilt.
@@ -99,7 +100,7 @@ def _ensure(root: Path, family: Family) -> Path:
     tmp.chmod(0o755)  # mkdtemp makes it private; the weights are not secret
     try:
         quiet_logs()
-        with hub_offline(), _seeded(SEED):
+        with _seeded(SEED):
             pipe = _BUILDERS[family]()
             pipe.save_pretrained(tmp)
             if family == "stable-diffusion":

@@ -6,10 +6,8 @@ from typing import Any
 
 from PIL import Image
 
-from imagesynth.engine.base import (
-    EngineSpec,
-    GenerationBatch,
-    StepCallback,
+from imagesynth.engine.base import Capabilities, EngineSpec, GenerationBatch, StepCallback
+from imagesynth.engine.diffusers.pipelines import (
     cpu_generators,
     fit,
     load_pipeline,
@@ -18,8 +16,10 @@ from imagesynth.engine.base import (
 )
 
 
-class QwenImageAdapter:
+class QwenImageEngine:
     """Text to image with a QwenImagePipeline folder or hub id."""
+
+    capabilities = Capabilities(progress=True, cancel=True)
 
     def __init__(self, spec: EngineSpec) -> None:
         self.spec = spec

@@ -1,9 +1,10 @@
-"""The worker: claim a task, run it on its pipeline, store the images, finish (fenced).
+"""The worker: claim a task, run it on its engine, check, label and store the images, finish
+(fenced).
 
-One worker runs one pipeline call at a time. A heartbeat thread, not the one running the
-pipeline, keeps the leases alive and learns of cancellations; the step callback checks them.
+One worker runs one engine call at a time. A heartbeat thread, not the one running the
+engine, keeps the leases alive and learns of cancellations; the step callback checks them.
 A worker killed outright simply stops heartbeating: its lease runs out and the maintenance pass
-hands the task to another worker (design/task-queue.md).
+hands the task to another worker (docs/task-queue.md).
 """
 
 from __future__ import annotations
@@ -20,21 +21,24 @@ from pathlib import Path
 from PIL import Image
 
 from imagesynth.catalog import Catalog, ModelSpec
-from imagesynth.engine.base import Adapter, EngineSpec, GenerationBatch
-from imagesynth.engine.registry import create_adapter
-from imagesynth.errors import DataInspectionFailed
-from imagesynth.inputs.reference import cover, style_only
+from imagesynth.domain import TaskStatus
+from imagesynth.engine.base import Engine, GenerationBatch, StepCallback
+from imagesynth.errors import DataInspectionFailed, FailureCode
+from imagesynth.labels import visible
+from imagesynth.labels.aigc import ImageLabel
 from imagesynth.labels.labeler import Labeler
 from imagesynth.safety import audit
 from imagesynth.safety.images import ImageClassifier, NoImageClassifier, Verdict
-from imagesynth.storage.local import LocalBlobStore
-from imagesynth.tasks.models import ImageResult, Task, TaskStatus
-from imagesynth.tasks.store_sql import SqlStore
+from imagesynth.storage.blobs import BlobStore
+from imagesynth.tasks.models import ImageResult, Task
+from imagesynth.tasks.ports import TaskQueue
+from imagesynth.worker.engines import Engines
+from imagesynth.worker.references import reference_start, reference_style
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_SECONDS = 0.25
-DATA_INSPECTION_FAILED = "DataInspectionFailed"
+ALGO_FAILED_MESSAGE = "Image generation failed inside the model pipeline."
 
 
 class _Cancelled(Exception):
@@ -45,46 +49,46 @@ class _ShuttingDown(Exception):
     """This worker is stopping: hand the task back."""
 
 
-def reference_start(
-    path: Path | None, width: int, height: int, mode: str | None, ref_strength: float
-) -> tuple[Image.Image, float]:
-    """The image-to-image start for a wanx-v1 reference, and how far to denoise from it.
-
-    repaint: the reference itself; ref_strength 1.0 keeps closest (denoise 10%), 0.0 redraws
-    almost everything (100%). refonly (no image-prompt adapter configured): the reference
-    blurred until only its palette and light remain, denoised 50%..100%, so the result takes
-    its colours and mood but not its content."""
-    if path is None:
-        raise FileNotFoundError("the task's reference image is gone")
-    with Image.open(path) as stored:
-        image = cover(stored.convert("RGB"), width, height)
-    if mode == "refonly":
-        return style_only(image), 1.0 - 0.5 * ref_strength
-    return image, 1.0 - 0.9 * ref_strength
-
-
-def reference_style(path: Path | None, ref_strength: float) -> tuple[Image.Image, float]:
-    """The image prompt for a wanx-v1 refonly reference where the model has an IP-Adapter, and
-    the adapter's scale: 0.2 at ref_strength 0 (a hint of its look) up to 1.0 at ref_strength 1
-    (as strongly as the adapter was trained to follow it). The image is generated from noise
-    at the requested size, so the reference's layout does not carry over as it does in a
-    repaint; the adapter's image encoder crops and scales the reference itself."""
-    if path is None:
-        raise FileNotFoundError("the task's reference image is gone")
-    with Image.open(path) as stored:
-        image = stored.convert("RGB")
-    return image, 0.2 + 0.8 * ref_strength
-
-
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def mark_text(spec: ModelSpec) -> str:
+    """The visible mark of a model: the catalog's `watermark_text`, else DashScope's."""
+    return spec.watermark_text or visible.default_text(spec.family)
+
+
+def image_label(
+    labeler: Labeler, image: Image.Image, task: Task, spec: ModelSpec, index: int
+) -> ImageLabel:
+    """What image `index` of `task` says about itself (labels/aigc.py writes it)."""
+    p = task.params
+    return ImageLabel(
+        producer=labeler.producer,
+        task_id=task.id,
+        model=task.model,
+        index=index,
+        created_at=task.created_at,
+        generated_at=time.time(),
+        prompt=p.prompt,
+        actual_prompt=task.effective_prompt,
+        negative_prompt=p.negative_prompt,
+        seed=p.seeds[index],
+        steps=p.steps,
+        guidance=p.guidance,
+        width=image.width,
+        height=image.height,
+        style=p.style,
+        visible_mark=mark_text(spec) if p.watermark else None,
+        invisible_mark=labeler.invisible,
+    )
 
 
 class Worker:
     def __init__(
         self,
-        store: SqlStore,
-        blobs: LocalBlobStore,
+        queue: TaskQueue,
+        blobs: BlobStore,
         catalog: Catalog,
         demo_root: Path,
         *,
@@ -95,17 +99,17 @@ class Worker:
         labeler: Labeler | None = None,
         classifier: ImageClassifier | None = None,
     ) -> None:
-        self.store = store
+        self.queue = queue
         self.blobs = blobs
         self.catalog = catalog
         self.demo_root = demo_root
+        self.engines = Engines(demo_root)
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.models = list(models) if models else list(catalog.models)
         self.worker_id = worker_id or new_worker_id()
         self.labeler = labeler or Labeler()
         self.classifier: ImageClassifier = classifier or NoImageClassifier()
-        self._adapters: dict[EngineSpec, Adapter] = {}
         self._cancel_requested: set[str] = set()
         self._stop = threading.Event()
 
@@ -119,7 +123,7 @@ class Worker:
         demo = [m for m in self.models if self.catalog.get(m).is_demo]
         if not demo:
             return
-        from imagesynth.engine.demo import build_demo_weights
+        from imagesynth.engine.diffusers.demo import build_demo_weights
 
         log.warning(
             "models %s use DEMO weights: tiny random-weight pipelines whose images are noise. "
@@ -127,22 +131,6 @@ class Worker:
             ", ".join(demo),
         )
         build_demo_weights(self.demo_root)
-
-    def _adapter(self, spec: ModelSpec) -> Adapter:
-        engine_spec = spec.engine_spec(self.demo_root)
-        adapter = self._adapters.get(engine_spec)
-        if adapter is None:
-            started = time.monotonic()
-            adapter = create_adapter(engine_spec)
-            adapter.load()
-            self._adapters[engine_spec] = adapter
-            log.info(
-                "loaded %s pipeline from %s in %.1fs",
-                engine_spec.family,
-                engine_spec.weights,
-                time.monotonic() - started,
-            )
-        return adapter
 
     # -- loop -----------------------------------------------------------------------------
 
@@ -163,24 +151,33 @@ class Worker:
         heartbeat.start()
         log.info("worker %s serving %s", self.worker_id, ", ".join(self.models))
         while not self._stop.is_set():
-            try:
-                task = self.store.claim(self.worker_id, self.models, self.lease_seconds)
-            except Exception:
-                log.exception("claim failed; retrying")
-                self._stop.wait(1.0)
-                continue
-            if task is None:
+            if not self.run_once():
                 self._stop.wait(self.poll_seconds)
-                continue
-            self.execute(task)
+
+    def run_once(self) -> bool:
+        """Claim and run one task; False when there was none (or the claim failed)."""
+        try:
+            task = self.queue.claim(self.worker_id, self.models, self.lease_seconds)
+        except Exception:
+            log.exception("claim failed; retrying")
+            self._stop.wait(1.0)
+            return False
+        if task is None:
+            return False
+        self.execute(task)
+        return True
 
     def _heartbeat_loop(self) -> None:
         interval = max(self.lease_seconds / 3, 0.05)
         while not self._stop.wait(interval):
-            try:
-                self._cancel_requested = self.store.heartbeat(self.worker_id, self.lease_seconds)
-            except Exception:
-                log.exception("heartbeat failed")
+            self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Renew this worker's leases and learn which of its tasks were cancelled."""
+        try:
+            self._cancel_requested = self.queue.heartbeat(self.worker_id, self.lease_seconds)
+        except Exception:
+            log.exception("heartbeat failed")
 
     # -- one task -------------------------------------------------------------------------
 
@@ -190,20 +187,15 @@ class Worker:
         started = time.monotonic()
         try:
             spec = self.catalog.get(task.model)
-            adapter = self._adapter(spec)
-            images = adapter.generate(self._batch(task, spec), self._on_step(task))
+            engine = self.engines.for_model(spec)
+            on_step = self._on_step(task, engine)
+            images = engine.generate(self._batch(task, spec), on_step)
+            if not engine.capabilities.cancel:
+                self._check_stop(task)  # the call could not be stopped: drop its images now
             generated = time.monotonic()
-            results = []
-            for i, image in enumerate(images):
-                withheld = self._inspect(task, i, image)
-                if withheld is not None:
-                    results.append(withheld)  # never written: there is no file to serve
-                    continue
-                key = f"{task.id}/{attempt}/{i}.png"
-                self.blobs.put(key, self.labeler.encode(image, task, spec, i))
-                results.append(ImageResult(blob_key=key, actual_prompt=task.effective_prompt))
+            results = [self._store(task, spec, i, image) for i, image in enumerate(images)]
         except _ShuttingDown:
-            self.store.release(task.id, self.worker_id, attempt)
+            self.queue.release(task.id, self.worker_id, attempt)
             log.info("task %s handed back on shutdown", task.id)
             return
         except _Cancelled:
@@ -214,25 +206,35 @@ class Worker:
             self._finish(
                 task,
                 TaskStatus.FAILED,
-                error_code="InternalError.Algo",
-                error_message="Image generation failed inside the model pipeline.",
+                error_code=FailureCode.ALGO,
+                error_message=ALGO_FAILED_MESSAGE,
             )
             return
         if not any(r.blob_key for r in results):
             self._finish(
                 task,
                 TaskStatus.FAILED,
-                error_code=DATA_INSPECTION_FAILED,
+                error_code=FailureCode.DATA_INSPECTION,
                 error_message=DataInspectionFailed().message,
             )
             return
         if self._finish(task, TaskStatus.SUCCEEDED, results=results):
             log.info(
-                "task %s succeeded in %.2fs (pipeline %.2fs)",
+                "task %s succeeded in %.2fs (engine %.2fs)",
                 task.id,
                 time.monotonic() - started,
                 generated - started,
             )
+
+    def _store(self, task: Task, spec: ModelSpec, index: int, image: Image.Image) -> ImageResult:
+        """Check, label and store image `index`; its result slot."""
+        withheld = self._inspect(task, index, image)
+        if withheld is not None:
+            return withheld  # never written: there is no file to serve
+        key = f"{task.id}/{task.attempts}/{index}.png"
+        label = image_label(self.labeler, image, task, spec, index)
+        self.blobs.put(key, self.labeler.encode(image, label))
+        return ImageResult(blob_key=key, actual_prompt=task.effective_prompt)
 
     def _inspect(self, task: Task, index: int, image: Image.Image) -> ImageResult | None:
         """The slot that replaces an image the classifier flags (or cannot check), else None."""
@@ -253,7 +255,7 @@ class Worker:
         )
         if not verdict.flagged:
             return None
-        return ImageResult(code=DATA_INSPECTION_FAILED, message=DataInspectionFailed().message)
+        return ImageResult(code=FailureCode.DATA_INSPECTION, message=DataInspectionFailed().message)
 
     def _finish(
         self,
@@ -263,7 +265,7 @@ class Worker:
         error_code: str | None = None,
         error_message: str | None = None,
     ) -> bool:
-        done = self.store.finish(
+        done = self.queue.finish(
             task.id, self.worker_id, task.attempts, status, results, error_code, error_message
         )
         if not done:
@@ -281,12 +283,12 @@ class Worker:
         init_image, strength = None, 1.0
         style_image, style_scale = None, 0.0
         if p.ref_image_key is not None and p.ref_strength is not None:
-            path = self.blobs.path(p.ref_image_key)
+            data = self.blobs.read(p.ref_image_key)
             if p.ref_mode == "refonly" and spec.ip_adapter is not None:
-                style_image, style_scale = reference_style(path, p.ref_strength)
+                style_image, style_scale = reference_style(data, p.ref_strength)
             else:
                 init_image, strength = reference_start(
-                    path, p.width, p.height, p.ref_mode, p.ref_strength
+                    data, p.width, p.height, p.ref_mode, p.ref_strength
                 )
         return GenerationBatch(
             init_image=init_image,
@@ -298,23 +300,27 @@ class Worker:
             negative_prompt=negative_prompt,
             width=p.width,
             height=p.height,
-            seeds=tuple(p.seed + i for i in range(p.n)),
+            seeds=p.seeds,
             steps=p.steps,
             guidance=p.guidance,
         )
 
-    def _on_step(self, task: Task):  # type: ignore[no-untyped-def]
+    def _check_stop(self, task: Task) -> None:
+        if self._stop.is_set():
+            raise _ShuttingDown()
+        if task.id in self._cancel_requested:
+            raise _Cancelled()
+
+    def _on_step(self, task: Task, engine: Engine) -> StepCallback:
         last_write = 0.0
+        report = engine.capabilities.progress
 
         def on_step(step: int, total: int) -> None:
             nonlocal last_write
-            if self._stop.is_set():
-                raise _ShuttingDown()
-            if task.id in self._cancel_requested:
-                raise _Cancelled()
+            self._check_stop(task)
             now = time.monotonic()
-            if now - last_write >= PROGRESS_INTERVAL_SECONDS and step < total:
+            if report and now - last_write >= PROGRESS_INTERVAL_SECONDS and step < total:
                 last_write = now
-                self.store.set_progress(task.id, self.worker_id, task.attempts, step)
+                self.queue.set_progress(task.id, self.worker_id, task.attempts, step)
 
         return on_step

@@ -10,20 +10,22 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from imagesynth.engine.base import (
+    Capabilities,
     EngineSpec,
     GenerationBatch,
     IPAdapterWeights,
     StepCallback,
+)
+from imagesynth.engine.diffusers.pipelines import (
     cpu_generators,
     fit,
-    hub_offline,
     load_pipeline,
     run_size,
     step_callback,
 )
 
 
-class StableDiffusionAdapter:
+class StableDiffusionEngine:
     """Text to image with a StableDiffusionPipeline folder or hub id.
 
     The pipeline's own safety checker is not loaded: it would blank images without telling
@@ -37,6 +39,8 @@ class StableDiffusionAdapter:
     The spec's `loras` (wanx-v1 styles) are loaded once, each under its own adapter name, and
     switched off; a batch's `lora` switches on that one, at its scale, for that call only.
     """
+
+    capabilities = Capabilities(progress=True, cancel=True)
 
     def __init__(self, spec: EngineSpec) -> None:
         self.spec = spec
@@ -70,8 +74,7 @@ class StableDiffusionAdapter:
         }
         if local.is_dir():
             # As in load_pipeline: absolute, and no hub.
-            with hub_offline():
-                self._pipe.load_ip_adapter(str(local.resolve()), local_files_only=True, **kwargs)
+            self._pipe.load_ip_adapter(str(local.resolve()), local_files_only=True, **kwargs)
         else:
             self._pipe.load_ip_adapter(weights.path, **kwargs)
         self._embed_dim = int(self._pipe.image_encoder.config.projection_dim)

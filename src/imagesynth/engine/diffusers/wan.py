@@ -9,10 +9,8 @@ from typing import Any
 
 from PIL import Image
 
-from imagesynth.engine.base import (
-    EngineSpec,
-    GenerationBatch,
-    StepCallback,
+from imagesynth.engine.base import Capabilities, EngineSpec, GenerationBatch, StepCallback
+from imagesynth.engine.diffusers.pipelines import (
     cpu_generators,
     fit,
     load_pipeline,
@@ -21,8 +19,10 @@ from imagesynth.engine.base import (
 )
 
 
-class WanAdapter:
+class WanEngine:
     """Text to image with a WanPipeline folder or hub id, at num_frames=1."""
+
+    capabilities = Capabilities(progress=True, cancel=True)
 
     def __init__(self, spec: EngineSpec) -> None:
         self.spec = spec

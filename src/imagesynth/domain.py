@@ -1,0 +1,81 @@
+"""Value types every layer shares: pipeline families and backends, task statuses, sizes and
+validated generation parameters.
+
+This module imports nothing of the service, so anything may import it (the import contracts
+in pyproject.toml keep it that way; see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+Family = Literal["qwen-image", "wan", "stable-diffusion"]
+FAMILIES: tuple[Family, ...] = ("qwen-image", "wan", "stable-diffusion")
+
+# How a model's images are made: the engine backend a catalog entry names (`backend = ...`).
+Backend = Literal["diffusers"]
+BACKENDS: tuple[Backend, ...] = ("diffusers",)
+
+SEED_MAX = 2_147_483_647
+
+
+class TaskStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1024*768' -> (1024, 768); raises ValueError on anything else."""
+    # Not str.isdigit() alone: it accepts non-ASCII digits ('１０２４') that int() then reads.
+    # Not a str at all: a catalog file can say `default_size = 1024`.
+    if not isinstance(text, str) or not text.isascii():
+        raise ValueError(text)
+    w, sep, h = text.partition("*")
+    if not sep or not w.isdigit() or not h.isdigit():
+        raise ValueError(text)
+    return int(w), int(h)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Validated generation parameters: every default already filled in."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    n: int
+    seed: int
+    steps: int
+    guidance: float
+    prompt_extend: bool
+    watermark: bool
+    style: str | None = None
+    # wanx-v1 reference image: the stored (validated, PNG) copy, how close to stay to it
+    # (0..1, 1 = closest) and whether to follow its content (repaint) or its style (refonly).
+    ref_image_key: str | None = None
+    ref_strength: float | None = None
+    ref_mode: str | None = None
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """Image i's seed: seed + i, as on DashScope."""
+        return tuple(self.seed + i for i in range(self.n))
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GenerationParams:
+        return cls(**data)

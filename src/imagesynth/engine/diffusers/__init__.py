@@ -1,0 +1,2 @@
+"""The `diffusers` backend: Hugging Face diffusers pipelines run in the worker's process, one
+module per family (qwen_image, wan, stable_diffusion), and the tiny offline demo weights."""

@@ -1,0 +1,100 @@
+"""What the diffusers engines share: device and dtype choice, loading a pipeline offline from a
+folder, sizes, per-image generators and the step callback. torch and diffusers are imported
+inside the functions, so importing this module stays cheap."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from imagesynth.engine.base import EngineSpec, StepCallback
+
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def resolve_device(device: str) -> str:
+    """The torch device to run on: "auto" is "cuda" when a GPU is visible, else "cpu"."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str, cuda_auto: str = "bfloat16") -> Any:
+    """The torch dtype to load in: "auto" is `cuda_auto` on a GPU and float32 on the CPU."""
+    import torch
+
+    if dtype == "auto":
+        dtype = cuda_auto if device.startswith("cuda") else "float32"
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be auto or one of {', '.join(_DTYPES)}; got {dtype!r}")
+    return getattr(torch, dtype)
+
+
+def load_pipeline(pipeline_cls: Any, spec: EngineSpec, cuda_auto: str, **kwargs: Any) -> Any:
+    """`pipeline_cls.from_pretrained` on the spec's device and dtype, with quiet logs.
+
+    A weights value naming an existing folder is loaded from that folder by absolute path with
+    the hub off; anything else is a hub id and may download.
+    """
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device, cuda_auto)
+    quiet_logs()
+    local = Path(spec.weights).expanduser()
+    if local.is_dir():
+        # A relative `org/name` path would be read as a hub id: always pass it absolute.
+        # local_files_only keeps the load off the network without touching os.environ
+        # (HF_HUB_OFFLINE is read once, at import, and other threads share the environment).
+        pipe = pipeline_cls.from_pretrained(
+            str(local.resolve()), dtype=dtype, local_files_only=True, **kwargs
+        )
+    else:
+        pipe = pipeline_cls.from_pretrained(spec.weights, dtype=dtype, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def quiet_logs() -> None:
+    """Errors only from transformers and diffusers, and none of their progress bars."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+def run_size(width: int, height: int, multiple: int) -> tuple[int, int]:
+    """The size to generate at: each side rounded up to the model's multiple."""
+    return -(-width // multiple) * multiple, -(-height // multiple) * multiple
+
+
+def fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    """A pipeline's output image as RGB, center-cropped from the run size to width x height."""
+    left = (image.width - width) // 2
+    top = (image.height - height) // 2
+    if left < 0 or top < 0:
+        raise ValueError(f"pipeline returned {image.size}, smaller than {(width, height)}")
+    return image.convert("RGB").crop((left, top, left + width, top + height))
+
+
+def cpu_generators(seeds: tuple[int, ...]) -> list[Any]:
+    """One CPU generator per image, so image i depends only on seeds[i], on any device."""
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+
+def step_callback(on_step: StepCallback, steps: int) -> Callable[..., dict[str, Any]]:
+    """A diffusers `callback_on_step_end` that reports (steps_done, steps) to `on_step`."""
+
+    def callback(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        on_step(i + 1, steps)
+        return {}
+
+    return callback

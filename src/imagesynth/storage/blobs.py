@@ -1,0 +1,38 @@
+"""The blob store port: where result images, stored reference images and uploads live.
+
+Keys are `/`-separated names made by the service (`<task>/<attempt>/<file>`, `uploads/...`).
+A store decides how a client reaches a blob (`url_for`): the local store answers a signed
+`/files/...` URL served by the API; an object store can answer a presigned URL of its own.
+Nothing outside storage/ sees a filesystem path.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class InvalidBlobKey(ValueError):
+    """A key that does not name a blob (empty parts, '..', characters outside [A-Za-z0-9_.-])."""
+
+
+class BlobStore(Protocol):
+    def put(self, key: str, data: bytes) -> None:
+        """Write atomically: a reader sees the whole blob or none."""
+        ...
+
+    def read(self, key: str) -> bytes | None:
+        """The blob's bytes, or None if there is none (or the key is not a valid key)."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every blob under `prefix` (a task id, or `<task>/<attempt>`)."""
+        ...
+
+    def expire(self, prefix: str, age_seconds: float) -> int:
+        """Delete the blobs under `prefix` written more than `age_seconds` ago; how many."""
+        ...
+
+    def url_for(self, key: str, ttl_seconds: float) -> str:
+        """Where a client downloads the blob for at least `ttl_seconds`: an absolute URL, or
+        a path that the API prefixes with its public base URL."""
+        ...

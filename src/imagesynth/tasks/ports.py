@@ -1,0 +1,111 @@
+"""The task stores as their consumers see them: narrow protocols, one per consumer.
+
+The SQL stores in imagesynth.db implement them for SQLite and PostgreSQL;
+tasks.memory_queue.InMemoryTaskQueue implements TaskQueue for fast worker tests, and both pass
+the same contract tests (tests/unit/test_task_queue_contract.py). The protocol behind them is
+in docs/task-queue.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from imagesynth.accounts.models import KeyStanding, TaskTerms
+from imagesynth.domain import GenerationParams, TaskStatus
+from imagesynth.tasks.models import ImageResult, Task, TaskFilter
+
+
+class TaskQueue(Protocol):
+    """What a worker does with the queue."""
+
+    def claim(self, worker_id: str, models: Sequence[str], lease_seconds: float) -> Task | None:
+        """The next PENDING task of one of `models`, now RUNNING and leased to `worker_id`
+        (attempts + 1); None when none may run. Keys take turns, and a key's tasks of a model
+        never exceed its in-flight limit."""
+        ...
+
+    def heartbeat(self, worker_id: str, lease_seconds: float) -> set[str]:
+        """Extend every lease of the worker; returns the ids whose cancel was requested."""
+        ...
+
+    def set_progress(self, task_id: str, worker_id: str, attempt: int, step: int) -> bool:
+        """Record denoising progress; False when this attempt no longer owns the task."""
+        ...
+
+    def finish(
+        self,
+        task_id: str,
+        worker_id: str,
+        attempt: int,
+        status: TaskStatus,
+        results: Sequence[ImageResult] = (),
+        error_code: str | None = None,
+        error_message: str | None = None,
+    ) -> bool:
+        """End the task (and bill it), fenced by worker and attempt: False means the lease
+        was lost and the outcome must be discarded."""
+        ...
+
+    def release(self, task_id: str, worker_id: str, attempt: int) -> bool:
+        """Hand the task back to the queue on shutdown; the attempt does not count."""
+        ...
+
+
+class LeaseReaper(Protocol):
+    """What housekeeping does about workers that stopped heartbeating."""
+
+    def reap_expired_leases(self) -> list[tuple[str, TaskStatus]]:
+        """RUNNING tasks whose lease ran out: back to PENDING, or FAILED after their last
+        attempt, or CANCELED if asked; returns (id, new status) of each."""
+        ...
+
+
+class TaskStore(Protocol):
+    """What the task service does for clients."""
+
+    def insert_task(
+        self,
+        *,
+        task_id: str,
+        api_key_id: str,
+        model: str,
+        params: GenerationParams,
+        request_id: str,
+        workspace: str | None,
+        max_attempts: int,
+        terms: TaskTerms | None = None,
+        admit: Callable[[KeyStanding], None] | None = None,
+        month_start: float = 0.0,
+        rewrite_prompt: bool = False,
+    ) -> Task: ...
+
+    def get_task(self, task_id: str, api_key_id: str | None = None) -> Task | None: ...
+
+    def list_tasks(
+        self, api_key_id: str, flt: TaskFilter, offset: int, limit: int
+    ) -> tuple[int, list[Task]]: ...
+
+    def cancel_pending(self, task_id: str, api_key_id: str) -> bool: ...
+
+    def request_cancel(self, task_id: str) -> TaskStatus | None: ...
+
+
+class ExpiringTasks(Protocol):
+    """What housekeeping does about tasks past their retention."""
+
+    def expired_task_ids(self, retention_seconds: float, limit: int = 500) -> list[str]: ...
+
+    def delete_tasks(self, task_ids: Sequence[str]) -> int: ...
+
+
+class PromptQueue(Protocol):
+    """What the prompt stage (prompt_extend) does with tasks waiting for their prompt."""
+
+    def claim_prompt(self, lease_seconds: float) -> Task | None:
+        """The oldest task whose prompt is still to be rewritten, leased for that long."""
+        ...
+
+    def set_actual_prompt(self, task_id: str, prompt: str, note: str | None) -> bool:
+        """Record the prompt the pipeline will get, and let workers take the task."""
+        ...

@@ -1,0 +1,82 @@
+"""From a catalog entry to a loaded engine: where its weights are, and one engine per spec.
+
+The translation lives here, not in the catalog, so the catalog knows nothing of engines and
+the engines nothing of the catalog.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from imagesynth.catalog import DEMO_WEIGHTS, ModelSpec
+from imagesynth.engine.base import Engine, EngineSpec, IPAdapterWeights, LoraWeights
+from imagesynth.engine.diffusers.demo import (
+    IP_ADAPTER_IMAGE_ENCODER,
+    IP_ADAPTER_SUBFOLDER,
+    IP_ADAPTER_WEIGHT_NAME,
+)
+from imagesynth.engine.registry import create_engine
+
+log = logging.getLogger(__name__)
+
+
+def engine_spec(spec: ModelSpec, demo_root: Path) -> EngineSpec:
+    """The engine a catalog entry asks for: demo weights resolved under `demo_root`."""
+    weights = str(demo_root / spec.family) if spec.is_demo else spec.weights
+    ip_adapter = None
+    if spec.ip_adapter == DEMO_WEIGHTS:
+        ip_adapter = IPAdapterWeights(
+            path=weights,
+            weight_name=IP_ADAPTER_WEIGHT_NAME,
+            subfolder=IP_ADAPTER_SUBFOLDER,
+            image_encoder=IP_ADAPTER_IMAGE_ENCODER,
+        )
+    elif spec.ip_adapter is not None:
+        ip_adapter = IPAdapterWeights(
+            path=spec.ip_adapter,
+            weight_name=spec.ip_adapter_weight_name or "",
+            subfolder=spec.ip_adapter_subfolder,
+            image_encoder=spec.ip_adapter_image_encoder,
+        )
+    loras = tuple(
+        LoraWeights(name=style.name, path=style.lora, scale=style.lora_scale)
+        for style in spec.style_table.values()
+        if style.lora is not None
+    )
+    return EngineSpec(
+        family=spec.family,
+        backend=spec.backend,
+        weights=weights,
+        device=spec.device,
+        dtype=spec.dtype,
+        ip_adapter=ip_adapter,
+        loras=loras,
+    )
+
+
+class Engines:
+    """The worker's loaded engines: one per distinct EngineSpec, loaded on first use (models
+    that share weights and settings share one engine)."""
+
+    def __init__(self, demo_root: Path) -> None:
+        self.demo_root = demo_root
+        self._loaded: dict[EngineSpec, Engine] = {}
+
+    def for_model(self, spec: ModelSpec) -> Engine:
+        wanted = engine_spec(spec, self.demo_root)
+        engine = self._loaded.get(wanted)
+        if engine is None:
+            started = time.monotonic()
+            engine = create_engine(wanted)
+            engine.load()
+            self._loaded[wanted] = engine
+            log.info(
+                "loaded %s %s engine from %s in %.1fs",
+                wanted.backend,
+                wanted.family,
+                wanted.weights,
+                time.monotonic() - started,
+            )
+        return engine
