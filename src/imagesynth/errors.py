@@ -123,3 +123,15 @@ class FailureCode(StrEnum):
     ALGO = "InternalError.Algo"  # the pipeline raised
     WORKER_LOST = "InternalError.WorkerLost"  # the task stopped its worker on every attempt
     DATA_INSPECTION = "DataInspectionFailed"  # the image classifier withheld the image(s)
+
+    @property
+    def message(self) -> str:
+        """What the task query says alongside the code."""
+        return _FAILURE_MESSAGES[self]
+
+
+_FAILURE_MESSAGES = {
+    FailureCode.ALGO: "Image generation failed inside the model pipeline.",
+    FailureCode.WORKER_LOST: "The task stopped its worker on every attempt.",
+    FailureCode.DATA_INSPECTION: DataInspectionFailed().message,
+}

@@ -15,32 +15,34 @@ from imagesynth.api.context import request_id_of
 
 log = logging.getLogger(__name__)
 
-# Most specific class first: the first match wins.
-ERRORS: list[tuple[type[errors.ImageSynthError], int, str]] = [
-    (errors.EmptyModel, 400, "BadRequest.EmptyModel"),
-    (errors.EmptyInput, 400, "BadRequest.EmptyInput"),
-    (errors.RequestTooLarge, 413, "BadRequest.TooLarge"),
-    (errors.InvalidParameter, 400, "InvalidParameter"),
-    (errors.DataInspectionFailed, 400, "DataInspectionFailed"),
-    (errors.ModelNotFound, 404, "ModelNotFound"),
-    (errors.MissingApiKey, 401, "InvalidApiKey"),
-    (errors.InvalidApiKey, 401, "InvalidApiKey"),
-    (errors.AccessDenied, 403, "AccessDenied"),
-    (errors.SignatureInvalid, 403, "AccessDenied"),
-    (errors.UnsupportedOperation, 400, "UnsupportedOperation"),
-    (errors.ResourceNotFound, 404, "NotFound"),
-    (errors.RouteNotFound, 404, "NotFound"),
-    (errors.MethodNotAllowed, 405, "MethodNotAllowed"),
-    (errors.SyncTimeout, 408, "RequestTimeOut"),
-    (errors.InvalidURL, 400, "InvalidURL"),
-    (errors.FileDownloadFailed, 400, "InvalidParameter.FileDownload"),
-    (errors.UnsupportedFileFormat, 400, "BadRequest.UnsupportedFileFormat"),
-    (errors.InputTooLarge, 413, "BadRequest.TooLarge"),
-    (errors.Throttled, 429, "Throttling"),
-    (errors.RateQuotaExceeded, 429, "Throttling.RateQuota"),
-    (errors.AllocationQuotaExceeded, 429, "Throttling.AllocationQuota"),
-    (errors.FreeTierOnly, 403, "AllocationQuota.FreeTierOnly"),
-]
+# Each domain error class -> (status, DashScope code). A class not listed takes its nearest
+# listed base class's entry (status_and_code walks the MRO), so a subclass is answered as the
+# most specific class that names it, whatever the order here.
+ERRORS: dict[type[errors.ImageSynthError], tuple[int, str]] = {
+    errors.EmptyModel: (400, "BadRequest.EmptyModel"),
+    errors.EmptyInput: (400, "BadRequest.EmptyInput"),
+    errors.RequestTooLarge: (413, "BadRequest.TooLarge"),
+    errors.InvalidParameter: (400, "InvalidParameter"),
+    errors.DataInspectionFailed: (400, "DataInspectionFailed"),
+    errors.ModelNotFound: (404, "ModelNotFound"),
+    errors.MissingApiKey: (401, "InvalidApiKey"),
+    errors.InvalidApiKey: (401, "InvalidApiKey"),
+    errors.AccessDenied: (403, "AccessDenied"),
+    errors.SignatureInvalid: (403, "AccessDenied"),
+    errors.UnsupportedOperation: (400, "UnsupportedOperation"),
+    errors.ResourceNotFound: (404, "NotFound"),
+    errors.RouteNotFound: (404, "NotFound"),
+    errors.MethodNotAllowed: (405, "MethodNotAllowed"),
+    errors.SyncTimeout: (408, "RequestTimeOut"),
+    errors.InvalidURL: (400, "InvalidURL"),
+    errors.FileDownloadFailed: (400, "InvalidParameter.FileDownload"),
+    errors.UnsupportedFileFormat: (400, "BadRequest.UnsupportedFileFormat"),
+    errors.InputTooLarge: (413, "BadRequest.TooLarge"),
+    errors.Throttled: (429, "Throttling"),
+    errors.RateQuotaExceeded: (429, "Throttling.RateQuota"),
+    errors.AllocationQuotaExceeded: (429, "Throttling.AllocationQuota"),
+    errors.FreeTierOnly: (403, "AllocationQuota.FreeTierOnly"),
+}
 
 # A failed task's own code, answered on a synchronous endpoint: the client's fault or ours.
 _CLIENT_TASK_CODES = ("InvalidParameter", "DataInspectionFailed", "BadRequest")
@@ -49,9 +51,9 @@ _CLIENT_TASK_CODES = ("InvalidParameter", "DataInspectionFailed", "BadRequest")
 def status_and_code(exc: errors.ImageSynthError) -> tuple[int, str]:
     if isinstance(exc, errors.TaskFailed):
         return (400 if exc.code.startswith(_CLIENT_TASK_CODES) else 500), exc.code
-    for cls, status, code in ERRORS:
-        if isinstance(exc, cls):
-            return status, code
+    for cls in type(exc).__mro__:
+        if cls in ERRORS:
+            return ERRORS[cls]
     return 500, "InternalError"
 
 

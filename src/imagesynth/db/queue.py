@@ -14,7 +14,8 @@ from imagesynth.domain import TaskStatus
 from imagesynth.errors import FailureCode
 from imagesynth.tasks.models import ImageResult, Task
 
-WORKER_LOST_MESSAGE = "The task stopped its worker on every attempt."
+
+LOST = FailureCode.WORKER_LOST
 
 
 class SqlTaskQueue:
@@ -154,7 +155,10 @@ class SqlTaskQueue:
                     worker_id = NULL, lease_until = NULL, progress_step = 0
                 WHERE status = 'RUNNING' AND lease_until < {{now}}
                 RETURNING {LEDGER_SOURCE}""",
-                {"lost": str(FailureCode.WORKER_LOST), "lost_message": WORKER_LOST_MESSAGE},
+                {
+                    "lost": str(FailureCode.WORKER_LOST),
+                    "lost_message": FailureCode.WORKER_LOST.message,
+                },
             ).fetchall()
             record_finished(self.db, [r for r in rows if TaskStatus(r["status"]).is_final])
         return [(r["id"], TaskStatus(r["status"])) for r in rows]

@@ -23,7 +23,7 @@ from PIL import Image
 from imagesynth.catalog import Catalog, ModelSpec
 from imagesynth.domain import TaskStatus
 from imagesynth.engine.base import Engine, GenerationBatch, StepCallback
-from imagesynth.errors import DataInspectionFailed, FailureCode
+from imagesynth.errors import FailureCode
 from imagesynth.labels import visible
 from imagesynth.labels.aigc import ImageLabel
 from imagesynth.labels.labeler import Labeler
@@ -38,7 +38,6 @@ from imagesynth.worker.references import reference_start, reference_style
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_SECONDS = 0.25
-ALGO_FAILED_MESSAGE = "Image generation failed inside the model pipeline."
 
 
 class _Cancelled(Exception):
@@ -207,7 +206,7 @@ class Worker:
                 task,
                 TaskStatus.FAILED,
                 error_code=FailureCode.ALGO,
-                error_message=ALGO_FAILED_MESSAGE,
+                error_message=FailureCode.ALGO.message,
             )
             return
         if not any(r.blob_key for r in results):
@@ -215,7 +214,7 @@ class Worker:
                 task,
                 TaskStatus.FAILED,
                 error_code=FailureCode.DATA_INSPECTION,
-                error_message=DataInspectionFailed().message,
+                error_message=FailureCode.DATA_INSPECTION.message,
             )
             return
         if self._finish(task, TaskStatus.SUCCEEDED, results=results):
@@ -255,7 +254,9 @@ class Worker:
         )
         if not verdict.flagged:
             return None
-        return ImageResult(code=FailureCode.DATA_INSPECTION, message=DataInspectionFailed().message)
+        return ImageResult(
+            code=FailureCode.DATA_INSPECTION, message=FailureCode.DATA_INSPECTION.message
+        )
 
     def _finish(
         self,
