@@ -14,7 +14,6 @@ from imagesynth.domain import TaskStatus
 from imagesynth.errors import FailureCode
 from imagesynth.tasks.models import ImageResult, Task
 
-
 LOST = FailureCode.WORKER_LOST
 
 
