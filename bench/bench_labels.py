@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
-from imagesynth.catalog import parse_size
+from imagesynth.domain import parse_size
 from imagesynth.labels import invisible, visible
 from imagesynth.labels.aigc import ImageLabel
 from imagesynth.storage.png import encode_png

@@ -23,14 +23,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from imagesynth.tasks.models import (
-    GenerationParams,
-    ImageResult,
-    KeyStanding,
-    TaskStatus,
-    TaskTerms,
-)
-from imagesynth.tasks.store_sql import SqlStore
+from imagesynth.accounts.models import KeyStanding, TaskTerms
+from imagesynth.db import SqlStores
+from imagesynth.db.schema import init_schema
+from imagesynth.domain import GenerationParams, TaskStatus
+from imagesynth.tasks.models import ImageResult
 
 PARAMS = GenerationParams(
     prompt="a lighthouse",
@@ -58,8 +55,8 @@ def timed(label: str, runs: int, call: Callable[[int], object]) -> None:
     print(f"  {label:<16} median {statistics.median(samples):7.2f} ms   p99 {p99:7.2f} ms")
 
 
-def insert(store: SqlStore, key: str, admit: Callable[[KeyStanding], None] | None) -> None:
-    store.insert_task(
+def insert(store: SqlStores, key: str, admit: Callable[[KeyStanding], None] | None) -> None:
+    store.tasks.insert_task(
         task_id=str(uuid.uuid4()),
         api_key_id=key,
         model="wan2.2-t2i-flash",
@@ -74,18 +71,20 @@ def insert(store: SqlStore, key: str, admit: Callable[[KeyStanding], None] | Non
 
 
 def run(url: str, pending: int, keys: int) -> None:
-    store = SqlStore(url)
-    store.init_schema()
+    store = SqlStores.open(url)
+    init_schema(store.db)
     started = time.perf_counter()
     for i in range(pending):
         insert(store, f"key-{i % keys}", None)
     print(f"  filled {pending} tasks over {keys} keys in {time.perf_counter() - started:.1f} s")
 
     timed("admitted insert", 200, lambda i: insert(store, f"key-{i % keys}", lambda s: None))
-    timed("token take", 500, lambda i: store.take_token(f"bench:{i % keys}", 1e6, 1e6))
+    timed("token take", 500, lambda i: store.buckets.take_token(f"bench:{i % keys}", 1e6, 1e6))
     claimed = []
     timed(
-        "claim", 2 * keys, lambda i: claimed.append(store.claim(f"w{i}", ["wan2.2-t2i-flash"], 60))
+        "claim",
+        2 * keys,
+        lambda i: claimed.append(store.queue.claim(f"w{i}", ["wan2.2-t2i-flash"], 60)),
     )
     assert all(t is not None for t in claimed), "a claim found nothing"
     ok = [ImageResult(blob_key="k/0.png")]
@@ -93,7 +92,7 @@ def run(url: str, pending: int, keys: int) -> None:
     def finish(i: int) -> None:
         task = claimed[i]
         assert task is not None
-        store.finish(task.id, task.worker_id or "", task.attempts, TaskStatus.SUCCEEDED, ok)
+        store.queue.finish(task.id, task.worker_id or "", task.attempts, TaskStatus.SUCCEEDED, ok)
 
     timed("finish", len(claimed), finish)
     store.close()

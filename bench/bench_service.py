@@ -169,14 +169,16 @@ def run_tasks(svc: Service, model: str, size: str, seeds: list[int]) -> float:
 
 
 def bench_direct(demo: Path, model: str, size: str, seeds: list[int]) -> float:
-    from imagesynth.catalog import Catalog, parse_size
+    from imagesynth.catalog import Catalog
+    from imagesynth.domain import parse_size
     from imagesynth.engine.base import GenerationBatch
-    from imagesynth.engine.memory import keep_freed_memory
-    from imagesynth.engine.registry import create_adapter
+    from imagesynth.engine.registry import create_engine
+    from imagesynth.worker.engines import engine_spec
+    from imagesynth.worker.memory import keep_freed_memory
 
     keep_freed_memory()  # as the worker does: compare like with like
     spec = Catalog.load().get(model)
-    adapter = create_adapter(spec.engine_spec(demo))
+    adapter = create_engine(engine_spec(spec, demo))
     adapter.load()
     width, height = parse_size(size)
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 from dashscope import ImageSynthesis
 from PIL import Image
 
+from imagesynth.db import SqlStores
+from imagesynth.domain import TaskStatus
 from imagesynth.storage.local import LocalBlobStore
 from imagesynth.storage.png import encode_png
-from imagesynth.tasks.models import ImageResult, TaskStatus
-from imagesynth.tasks.store_sql import SqlStore
+from imagesynth.tasks.models import ImageResult
 from tests.integration.conftest import Server
 from tests.integration.images import fetch_png
 
@@ -22,9 +23,9 @@ def play_worker(server: Server, fail: set[int]) -> str:
     rsp = ImageSynthesis.async_call(
         model="wanx2.1-t2i-plus", prompt="three", n=3, size="512*512", api_key=server.key
     )
-    store = SqlStore(f"sqlite:///{server.home.path / 'imagesynth.db'}")
+    store = SqlStores.open(f"sqlite:///{server.home.path / 'imagesynth.db'}")
     blobs = LocalBlobStore(server.home.path / "files")
-    task = store.claim("test-worker", ["wanx2.1-t2i-plus"], 30)
+    task = store.queue.claim("test-worker", ["wanx2.1-t2i-plus"], 30)
     assert task is not None and task.id == rsp.output.task_id
     results = []
     for i in range(3):
@@ -38,7 +39,7 @@ def play_worker(server: Server, fail: set[int]) -> str:
     error = (
         (None, None) if status == TaskStatus.SUCCEEDED else (TIMEOUT["code"], "All images failed.")
     )
-    assert store.finish(task.id, "test-worker", task.attempts, status, results, *error)
+    assert store.queue.finish(task.id, "test-worker", task.attempts, status, results, *error)
     store.close()
     return str(task.id)
 

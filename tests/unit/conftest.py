@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imagesynth.tasks.store_sql import SqlStore
+from imagesynth.db import SqlStores
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -19,13 +19,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def make_store(store_url: str) -> Iterator[Callable[[], SqlStore]]:
-    """Independent SqlStore objects on the same database, like separate processes."""
-    stores: list[SqlStore] = []
+def make_store(store_url: str) -> Iterator[Callable[[], SqlStores]]:
+    """Independent SqlStores objects on the same database, like separate processes."""
+    stores: list[SqlStores] = []
 
-    def make() -> SqlStore:
-        store = SqlStore(store_url)
-        store.init_schema()
+    def make() -> SqlStores:
+        store = SqlStores.open(store_url)
         stores.append(store)
         return store
 
@@ -35,5 +34,5 @@ def make_store(store_url: str) -> Iterator[Callable[[], SqlStore]]:
 
 
 @pytest.fixture
-def store(make_store: Callable[[], SqlStore]) -> SqlStore:
+def store(make_store: Callable[[], SqlStores]) -> SqlStores:
     return make_store()

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from imagesynth.catalog import SEED_MAX, STYLES, Catalog, CatalogError, ModelSpec, Style
+from imagesynth.catalog import STYLES, Catalog, CatalogError, ModelSpec, Style
+from imagesynth.domain import SEED_MAX, GenerationParams
 from imagesynth.engine.base import IPAdapterWeights, LoraWeights
 from imagesynth.errors import InvalidParameter, ModelNotFound
-from imagesynth.tasks.models import GenerationParams
+from imagesynth.worker.engines import engine_spec
 
 QWEN = ("qwen-image", "qwen-image-plus")
 WAN_FREE = (
@@ -492,7 +493,7 @@ reference_images = true
 
 
 def test_builtin_wanx_v1_uses_the_demo_ip_adapter(catalog: Catalog, tmp_path: Path) -> None:
-    spec = catalog.get("wanx-v1").engine_spec(tmp_path)
+    spec = engine_spec(catalog.get("wanx-v1"), tmp_path)
     assert spec.ip_adapter == IPAdapterWeights(
         path=str(tmp_path / "stable-diffusion"),
         weight_name="ip-adapter.safetensors",
@@ -502,7 +503,7 @@ def test_builtin_wanx_v1_uses_the_demo_ip_adapter(catalog: Catalog, tmp_path: Pa
     assert spec.loras == ()
     # The other models have none.
     assert all(
-        m.engine_spec(tmp_path).ip_adapter is None
+        engine_spec(m, tmp_path).ip_adapter is None
         for m in catalog.models.values()
         if m.name != "wanx-v1"
     )
@@ -531,7 +532,7 @@ def test_ip_adapter_keys_reach_the_engine_spec(tmp_path: Path) -> None:
         reference_images = true
         """,
     )
-    hub, local, plain = (catalog.get(m).engine_spec(tmp_path) for m in catalog.models)
+    hub, local, plain = (engine_spec(catalog.get(m), tmp_path) for m in catalog.models)
     assert hub.ip_adapter == IPAdapterWeights(
         "h94/IP-Adapter", "ip-adapter_sd15.safetensors", "models", "image_encoder"
     )
@@ -539,7 +540,7 @@ def test_ip_adapter_keys_reach_the_engine_spec(tmp_path: Path) -> None:
     assert plain.ip_adapter is None
     # The worker keys its loaded pipelines by engine spec: each adapter gets its own.
     assert len({hub, local, plain}) == 3
-    assert hub == catalog.get("my-sd").engine_spec(tmp_path)
+    assert hub == engine_spec(catalog.get("my-sd"), tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -610,7 +611,7 @@ def test_style_loras_reach_the_engine_spec(tmp_path: Path) -> None:
         """,
     )
     assert catalog.styles["<ink>"].lora == "/loras/ink.safetensors"
-    assert catalog.get("my-sd").engine_spec(tmp_path).loras == (
+    assert engine_spec(catalog.get("my-sd"), tmp_path).loras == (
         LoraWeights("<ink>", "/loras/ink.safetensors", 0.8),
         LoraWeights("<clay>", "/loras/clay.safetensors", 1.0),
     )

@@ -17,19 +17,17 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from imagesynth.catalog import Catalog, ModelSpec, Style
+from imagesynth.db import SqlStores
+from imagesynth.domain import FAMILIES, Family, GenerationParams, TaskStatus
 from imagesynth.engine.base import (
-    FAMILIES,
-    Adapter,
+    Engine,
     EngineSpec,
-    Family,
     GenerationBatch,
     IPAdapterWeights,
     LoraWeights,
     StepCallback,
-    resolve_device,
-    resolve_dtype,
 )
-from imagesynth.engine.demo import (
+from imagesynth.engine.diffusers.demo import (
     IP_ADAPTER_IMAGE_ENCODER,
     IP_ADAPTER_SUBFOLDER,
     IP_ADAPTER_WEIGHT_NAME,
@@ -38,12 +36,12 @@ from imagesynth.engine.demo import (
     build_demo_weights,
     is_demo_weights,
 )
-from imagesynth.engine.registry import create_adapter
-from imagesynth.engine.worker import Worker
+from imagesynth.engine.diffusers.pipelines import resolve_device, resolve_dtype
+from imagesynth.engine.registry import UnknownEngine, create_engine
 from imagesynth.storage.local import LocalBlobStore
 from imagesynth.storage.png import encode_png
-from imagesynth.tasks.models import GenerationParams, Task, TaskStatus
-from imagesynth.tasks.store_sql import SqlStore
+from imagesynth.tasks.models import Task
+from imagesynth.worker.worker import Worker
 
 # Real DashScope sizes that are not multiples of what the models generate at.
 AWKWARD: dict[Family, tuple[int, int]] = {
@@ -72,20 +70,20 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def adapters(demo_root: Path) -> dict[Family, Adapter]:
-    loaded: dict[Family, Adapter] = {}
+def adapters(demo_root: Path) -> dict[Family, Engine]:
+    loaded: dict[Family, Engine] = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(socket.socket, "connect", _no_network)
         for family in FAMILIES:
             # CPU whatever the machine: the tolerances below are for float32.
-            adapter = create_adapter(EngineSpec(family, str(demo_root / family), device="cpu"))
+            adapter = create_engine(EngineSpec(family, str(demo_root / family), device="cpu"))
             adapter.load()
             loaded[family] = adapter
     return loaded
 
 
 def generate(
-    adapter: Adapter,
+    adapter: Engine,
     seeds: tuple[int, ...],
     size: tuple[int, int] = SMALL,
     steps: int = 2,
@@ -112,7 +110,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_exact_size_at_awkward_real_size(adapters: dict[Family, Adapter], family: Family) -> None:
+def test_exact_size_at_awkward_real_size(adapters: dict[Family, Engine], family: Family) -> None:
     (image,) = generate(adapters[family], (1,), size=AWKWARD[family])
     assert image.mode == "RGB"
     assert image.size == AWKWARD[family]
@@ -120,7 +118,7 @@ def test_exact_size_at_awkward_real_size(adapters: dict[Family, Adapter], family
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_same_seed_gives_same_pixels(adapters: dict[Family, Adapter], family: Family) -> None:
+def test_same_seed_gives_same_pixels(adapters: dict[Family, Engine], family: Family) -> None:
     (a,) = generate(adapters[family], (5,))
     (b,) = generate(adapters[family], (5,))
     assert np.abs(pixels(a) - pixels(b)).max() <= 1
@@ -128,7 +126,7 @@ def test_same_seed_gives_same_pixels(adapters: dict[Family, Adapter], family: Fa
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_image_of_a_batch_follows_its_own_seed(
-    adapters: dict[Family, Adapter], family: Family
+    adapters: dict[Family, Engine], family: Family
 ) -> None:
     batch = generate(adapters[family], (7, 8))
     (single,) = generate(adapters[family], (8,))
@@ -138,7 +136,7 @@ def test_each_image_of_a_batch_follows_its_own_seed(
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_on_step_sees_every_step(adapters: dict[Family, Adapter], family: Family) -> None:
+def test_on_step_sees_every_step(adapters: dict[Family, Engine], family: Family) -> None:
     calls: list[tuple[int, int]] = []
     # Guidance 1 switches classifier-free guidance off: the pipelines' other branch.
     generate(adapters[family], (1,), steps=3, on_step=lambda d, t: calls.append((d, t)), guidance=1)
@@ -147,7 +145,7 @@ def test_on_step_sees_every_step(adapters: dict[Family, Adapter], family: Family
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_raising_from_on_step_aborts_and_adapter_stays_usable(
-    adapters: dict[Family, Adapter], family: Family
+    adapters: dict[Family, Engine], family: Family
 ) -> None:
     adapter = adapters[family]
     (before,) = generate(adapter, (3,), steps=3)
@@ -228,9 +226,11 @@ def test_registry_imports_no_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_registry_rejects_unknown_family() -> None:
-    with pytest.raises(ValueError, match="family"):
-        create_adapter(EngineSpec("dall-e", "/nowhere"))  # type: ignore[arg-type]
+def test_registry_rejects_unknown_family_and_backend() -> None:
+    with pytest.raises(UnknownEngine, match="family 'dall-e'"):
+        create_engine(EngineSpec("dall-e", "/nowhere"))  # type: ignore[arg-type]
+    with pytest.raises(UnknownEngine, match="backend 'comfyui'"):
+        create_engine(EngineSpec("wan", "/nowhere", backend="comfyui"))  # type: ignore[arg-type]
 
 
 # -- wanx-v1 reference images: IP-Adapter (refonly) and its fallback -------------------------
@@ -258,7 +258,7 @@ def max_diff(a: Image.Image, b: Image.Image) -> int:
 
 
 @pytest.fixture(scope="module")
-def ip_adapter(demo_root: Path) -> Adapter:
+def ip_adapter(demo_root: Path) -> Engine:
     """The demo Stable Diffusion pipeline with the demo IP-Adapter loaded into it."""
     sd = str(demo_root / "stable-diffusion")
     weights = IPAdapterWeights(
@@ -269,14 +269,14 @@ def ip_adapter(demo_root: Path) -> Adapter:
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(socket.socket, "connect", _no_network)
-        adapter = create_adapter(
+        adapter = create_engine(
             EngineSpec("stable-diffusion", sd, device="cpu", ip_adapter=weights)
         )
         adapter.load()
     return adapter
 
 
-def test_image_prompt_follows_the_reference(ip_adapter: Adapter) -> None:
+def test_image_prompt_follows_the_reference(ip_adapter: Engine) -> None:
     def styled(image: Image.Image, scale: float = 1.0) -> Image.Image:
         (out,) = generate(ip_adapter, (5,), style_image=image, style_scale=scale)
         assert out.size == SMALL
@@ -293,7 +293,7 @@ def test_image_prompt_follows_the_reference(ip_adapter: Adapter) -> None:
 
 
 def test_calls_without_a_reference_are_unchanged_by_the_ip_adapter(
-    adapters: dict[Family, Adapter], ip_adapter: Adapter
+    adapters: dict[Family, Engine], ip_adapter: Engine
 ) -> None:
     plain = adapters["stable-diffusion"]
     # Both branches of classifier-free guidance (the zero embeddings differ in shape), a batch.
@@ -309,7 +309,7 @@ def test_calls_without_a_reference_are_unchanged_by_the_ip_adapter(
     assert max_diff(a, b) <= 1
 
 
-def test_a_style_image_needs_an_ip_adapter(adapters: dict[Family, Adapter]) -> None:
+def test_a_style_image_needs_an_ip_adapter(adapters: dict[Family, Engine]) -> None:
     with pytest.raises(ValueError, match="IP-Adapter"):
         generate(adapters["stable-diffusion"], (1,), style_image=reference_drawing())
 
@@ -319,8 +319,8 @@ def worker(tmp_path: Path, demo_root: Path) -> Worker:
     """A worker (never started) whose blob store holds the reference at refs/a.png."""
     blobs = LocalBlobStore(tmp_path / "blobs")
     blobs.put("refs/a.png", encode_png(reference_drawing()))
-    store = SqlStore(f"sqlite:///{tmp_path / 'q.db'}")
-    return Worker(store, blobs, Catalog.load(), demo_root, lease_seconds=30, poll_seconds=1)
+    store = SqlStores.open(f"sqlite:///{tmp_path / 'q.db'}")
+    return Worker(store.queue, blobs, Catalog.load(), demo_root, lease_seconds=30, poll_seconds=1)
 
 
 def worker_batch(worker: Worker, spec: ModelSpec, **params: Any) -> GenerationBatch:
@@ -343,7 +343,7 @@ def worker_batch(worker: Worker, spec: ModelSpec, **params: Any) -> GenerationBa
 
 
 def test_worker_routes_references_by_mode_and_adapter(
-    worker: Worker, adapters: dict[Family, Adapter]
+    worker: Worker, adapters: dict[Family, Engine]
 ) -> None:
     with_adapter = worker.catalog.get("wanx-v1")
     assert with_adapter.ip_adapter == "demo"
@@ -411,7 +411,7 @@ def lora_file(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def test_a_style_lora_changes_the_image_only_when_asked(
-    demo_root: Path, adapters: dict[Family, Adapter], lora_file: Path
+    demo_root: Path, adapters: dict[Family, Engine], lora_file: Path
 ) -> None:
     sd = str(demo_root / "stable-diffusion")
     spec = EngineSpec(
@@ -427,7 +427,7 @@ def test_a_style_lora_changes_the_image_only_when_asked(
             LoraWeights("<faint ink>", str(lora_file), 0.25),
         ),
     )
-    adapter = create_adapter(spec)
+    adapter = create_engine(spec)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(socket.socket, "connect", _no_network)
         adapter.load()
@@ -456,7 +456,7 @@ def test_a_missing_lora_file_fails_the_load_naming_the_style(
         loras=(LoraWeights("<ink>", str(tmp_path / "gone.safetensors")),),
     )
     with pytest.raises(FileNotFoundError, match="<ink>"):
-        create_adapter(spec).load()
+        create_engine(spec).load()
 
 
 def test_worker_switches_on_the_styles_lora(worker: Worker) -> None:

@@ -11,15 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from imagesynth.catalog import Catalog, ModelSpec, parse_size
+from imagesynth.catalog import Catalog, ModelSpec
 from imagesynth.config import Settings
+from imagesynth.domain import TaskStatus, parse_size
 from imagesynth.labels import LabelError, font, invisible, visible
 from imagesynth.labels.aigc import AI_SOURCE_TYPE, TC260_NS, read_label
 from imagesynth.labels.font import font_path, load_font
 from imagesynth.labels.inspect import inspect_file
-from imagesynth.labels.labeler import Labeler, mark_text
+from imagesynth.labels.labeler import Labeler
 from imagesynth.storage.png import XMP_KEY
-from imagesynth.tasks.models import Task, TaskStatus
+from imagesynth.tasks.models import Task
+from imagesynth.worker.worker import image_label, mark_text
 
 CATALOG = Catalog.load()
 
@@ -212,7 +214,9 @@ def make_task(model: str, size: str, *, watermark: bool, seed: int = 42, n: int 
 def test_png_carries_the_label_and_parameters(tmp_path: Path) -> None:
     task = make_task("wan2.2-t2i-flash", "768*512", watermark=False, n=2)
     spec = CATALOG.get(task.model)
-    data = Labeler(producer="example-ai").encode(photo_like(768, 512), task, spec, index=1)
+    labeler = Labeler(producer="example-ai")
+    image = photo_like(768, 512)
+    data = labeler.encode(image, image_label(labeler, image, task, spec, index=1))
     assert b"iTXt" + XMP_KEY.encode() + b"\x00\x00\x00" in data  # uncompressed iTXt, per XMP
     path = tmp_path / "x.png"
     path.write_bytes(data)
@@ -257,7 +261,7 @@ def test_watermark_changes_only_the_mark_box_even_with_the_invisible_mark() -> N
     images = []
     for watermark in (False, True):
         task = make_task("qwen-image", f"{width}*{height}", watermark=watermark)
-        label = labeler.label(image, task, spec, 0)
+        label = image_label(labeler, image, task, spec, 0)
         images.append(labeler.apply(image, label))
     box = visible.mark_box(width, height, "Qwen-Image")
     diff = changed(images[0], images[1])

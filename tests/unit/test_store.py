@@ -1,4 +1,4 @@
-"""The task-queue protocol of SqlStore (design/task-queue.md), against SQLite and PostgreSQL.
+"""The task-queue protocol of SqlStores (design/task-queue.md), against SQLite and PostgreSQL.
 
 Every test runs once per backend: SQLite on a temporary file, and PostgreSQL in a fresh schema
 when IMAGESYNTH_TEST_POSTGRES_DSN (a postgresql:// URL) is set.
@@ -17,16 +17,12 @@ from typing import Any
 import pytest
 
 from imagesynth.accounts.keys import KeyService, hash_key
+from imagesynth.accounts.models import TaskTerms
+from imagesynth.db import Database, SqlStores
+from imagesynth.db.schema import init_schema
+from imagesynth.domain import GenerationParams, TaskStatus
 from imagesynth.errors import InvalidApiKey, MissingApiKey
-from imagesynth.tasks.models import (
-    GenerationParams,
-    ImageResult,
-    Task,
-    TaskFilter,
-    TaskStatus,
-    TaskTerms,
-)
-from imagesynth.tasks.store_sql import SqlStore
+from imagesynth.tasks.models import ImageResult, Task, TaskFilter
 
 # Leases that run out within a test; EXPIRE sleeps just past them.
 SHORT_LEASE = 0.05
@@ -51,7 +47,7 @@ PARAMS = GenerationParams(
 
 
 def add_task(
-    store: SqlStore,
+    store: SqlStores,
     *,
     model: str = "wanx-v1",
     key: str = "key-a",
@@ -63,7 +59,7 @@ def add_task(
     **more: Any,
 ) -> Task:
     """Queue a task; `more` goes to insert_task as it is (admit, rewrite_prompt, ...)."""
-    return store.insert_task(
+    return store.tasks.insert_task(
         task_id=task_id or str(uuid.uuid4()),
         api_key_id=key,
         model=model,
@@ -76,14 +72,14 @@ def add_task(
     )
 
 
-def claimed(store: SqlStore, worker: str, models: list[str], lease: float = LONG_LEASE) -> Task:
-    task = store.claim(worker, models, lease)
+def claimed(store: SqlStores, worker: str, models: list[str], lease: float = LONG_LEASE) -> Task:
+    task = store.queue.claim(worker, models, lease)
     assert task is not None, f"{worker} found nothing to claim in {models}"
     return task
 
 
-def status_of(store: SqlStore, task_id: str) -> TaskStatus:
-    task = store.get_task(task_id)
+def status_of(store: SqlStores, task_id: str) -> TaskStatus:
+    task = store.tasks.get_task(task_id)
     assert task is not None
     return task.status
 
@@ -93,31 +89,31 @@ def status_of(store: SqlStore, task_id: str) -> TaskStatus:
 
 def test_processes_starting_together_all_create_the_schema(store_url: str) -> None:
     # API replicas and workers starting at once on a fresh database all run init_schema.
-    stores = [SqlStore(store_url) for _ in range(6)]
-    start = threading.Barrier(len(stores))
+    databases = [Database(store_url) for _ in range(6)]
+    start = threading.Barrier(len(databases))
     errors: list[BaseException] = []
 
-    def init(store: SqlStore) -> None:
+    def init(db: Database) -> None:
         try:
             start.wait()
-            store.init_schema()
+            init_schema(db)
         except BaseException as exc:
             errors.append(exc)
         finally:
-            store.close()
+            db.close()
 
-    threads = [threading.Thread(target=init, args=(s,)) for s in stores]
+    threads = [threading.Thread(target=init, args=(d,)) for d in databases]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
 
     assert errors == []
-    store = SqlStore(store_url)
+    store = SqlStores.open(store_url)
     try:
-        store.init_schema()  # and again later: idempotent
+        init_schema(store.db)  # and again later: idempotent
         task = add_task(store)
-        assert store.get_task(task.id) == task
+        assert store.tasks.get_task(task.id) == task
     finally:
         store.close()
 
@@ -125,11 +121,11 @@ def test_processes_starting_together_all_create_the_schema(store_url: str) -> No
 # -- insert / get ----------------------------------------------------------------------------
 
 
-def test_inserted_task_is_pending_with_its_params(store: SqlStore) -> None:
-    before = store.now()
+def test_inserted_task_is_pending_with_its_params(store: SqlStores) -> None:
+    before = store.db.now()
     task = add_task(store, model="qwen-image", key="key-a", max_attempts=5, workspace="ws-1")
 
-    stored = store.get_task(task.id)
+    stored = store.tasks.get_task(task.id)
     assert stored == task
     assert stored.status is TaskStatus.PENDING
     assert stored.params == PARAMS
@@ -137,22 +133,22 @@ def test_inserted_task_is_pending_with_its_params(store: SqlStore) -> None:
     assert (stored.attempts, stored.max_attempts, stored.progress_total) == (0, 5, PARAMS.steps)
     assert stored.worker_id is None and stored.lease_until is None
     assert stored.started_at is None and stored.finished_at is None
-    assert before <= stored.created_at <= store.now()
+    assert before <= stored.created_at <= store.db.now()
 
 
-def test_get_task_with_another_key_is_none(store: SqlStore) -> None:
+def test_get_task_with_another_key_is_none(store: SqlStores) -> None:
     task = add_task(store, key="key-a")
 
-    assert store.get_task(task.id, "key-a") == task
-    assert store.get_task(task.id, "key-b") is None
-    assert store.get_task(task.id) == task
-    assert store.get_task(str(uuid.uuid4())) is None
+    assert store.tasks.get_task(task.id, "key-a") == task
+    assert store.tasks.get_task(task.id, "key-b") is None
+    assert store.tasks.get_task(task.id) == task
+    assert store.tasks.get_task(str(uuid.uuid4())) is None
 
 
 # -- claim ----------------------------------------------------------------------------------
 
 
-def test_claim_takes_the_oldest_pending_task_of_the_workers_models(store: SqlStore) -> None:
+def test_claim_takes_the_oldest_pending_task_of_the_workers_models(store: SqlStores) -> None:
     wan_1 = add_task(store, model="wan")
     qwen_1 = add_task(store, model="qwen")
     qwen_2 = add_task(store, model="qwen")
@@ -163,27 +159,27 @@ def test_claim_takes_the_oldest_pending_task_of_the_workers_models(store: SqlSto
     assert claimed(store, "w", ["qwen", "wan"]).id == wan_1.id
     assert claimed(store, "w", ["wan"]).id == wan_2.id
     assert claimed(store, "w", ["wan", "qwen"]).id == qwen_2.id
-    assert store.claim("w", ["wan", "qwen"], LONG_LEASE) is None
-    assert store.claim("w", ["flux"], LONG_LEASE) is None
-    assert store.claim("w", [], LONG_LEASE) is None
+    assert store.queue.claim("w", ["wan", "qwen"], LONG_LEASE) is None
+    assert store.queue.claim("w", ["flux"], LONG_LEASE) is None
+    assert store.queue.claim("w", [], LONG_LEASE) is None
 
 
-def test_claim_leases_the_task_to_the_worker(store: SqlStore) -> None:
+def test_claim_leases_the_task_to_the_worker(store: SqlStores) -> None:
     task = add_task(store)
-    before = store.now()
+    before = store.db.now()
 
     got = claimed(store, "worker-1", ["wanx-v1"], lease=LONG_LEASE)
 
     assert got.id == task.id
-    assert got == store.get_task(task.id)
+    assert got == store.tasks.get_task(task.id)
     assert got.status is TaskStatus.RUNNING
     assert (got.worker_id, got.attempts) == ("worker-1", 1)
     assert got.lease_until is not None
-    assert before + LONG_LEASE <= got.lease_until <= store.now() + LONG_LEASE
-    assert got.started_at is not None and before <= got.started_at <= store.now()
+    assert before + LONG_LEASE <= got.lease_until <= store.db.now() + LONG_LEASE
+    assert got.started_at is not None and before <= got.started_at <= store.db.now()
 
 
-def test_two_workers_never_claim_the_same_task(make_store: Callable[[], SqlStore]) -> None:
+def test_two_workers_never_claim_the_same_task(make_store: Callable[[], SqlStores]) -> None:
     first, second = make_store(), make_store()
     ids = {add_task(first).id for _ in range(4)}
 
@@ -192,14 +188,14 @@ def test_two_workers_never_claim_the_same_task(make_store: Callable[[], SqlStore
         taken.append(claimed(first, "w1", ["wanx-v1"]))
         taken.append(claimed(second, "w2", ["wanx-v1"]))
 
-    assert first.claim("w1", ["wanx-v1"], LONG_LEASE) is None
-    assert second.claim("w2", ["wanx-v1"], LONG_LEASE) is None
+    assert first.queue.claim("w1", ["wanx-v1"], LONG_LEASE) is None
+    assert second.queue.claim("w2", ["wanx-v1"], LONG_LEASE) is None
     assert sorted(t.id for t in taken) == sorted(ids)
     for task in taken:
-        assert first.get_task(task.id).worker_id == task.worker_id
+        assert first.tasks.get_task(task.id).worker_id == task.worker_id
 
 
-def test_concurrent_claims_take_each_task_exactly_once(store: SqlStore) -> None:
+def test_concurrent_claims_take_each_task_exactly_once(store: SqlStores) -> None:
     threads_n, tasks_n = 8, 60
     ids = [add_task(store).id for _ in range(tasks_n)]
     start = threading.Barrier(threads_n)
@@ -210,7 +206,7 @@ def test_concurrent_claims_take_each_task_exactly_once(store: SqlStore) -> None:
         mine = claims.setdefault(worker, [])
         try:
             start.wait()
-            while (task := store.claim(worker, ["wanx-v1"], LONG_LEASE)) is not None:
+            while (task := store.queue.claim(worker, ["wanx-v1"], LONG_LEASE)) is not None:
                 mine.append(task.id)
         except BaseException as exc:
             errors.append(exc)
@@ -228,14 +224,14 @@ def test_concurrent_claims_take_each_task_exactly_once(store: SqlStore) -> None:
     assert sorted(all_claims) == sorted(ids)  # each task once: none lost, none twice
     for worker, mine in claims.items():
         for task_id in mine:
-            task = store.get_task(task_id)
+            task = store.tasks.get_task(task_id)
             assert (task.status, task.worker_id, task.attempts) == (TaskStatus.RUNNING, worker, 1)
 
 
 # -- finish ---------------------------------------------------------------------------------
 
 
-def test_finish_records_the_outcome_once(store: SqlStore) -> None:
+def test_finish_records_the_outcome_once(store: SqlStores) -> None:
     add_task(store)
     task = claimed(store, "w", ["wanx-v1"])
     results = [
@@ -243,91 +239,91 @@ def test_finish_records_the_outcome_once(store: SqlStore) -> None:
         ImageResult(code="DataInspectionFailed", message="rejected"),
     ]
 
-    assert store.finish(task.id, "w", 1, TaskStatus.SUCCEEDED, results)
+    assert store.queue.finish(task.id, "w", 1, TaskStatus.SUCCEEDED, results)
 
-    done = store.get_task(task.id)
+    done = store.tasks.get_task(task.id)
     assert done.status is TaskStatus.SUCCEEDED
     assert done.results == results
     assert done.progress_step == done.progress_total == PARAMS.steps
     assert done.lease_until is None
     assert done.finished_at is not None and done.finished_at >= done.started_at
     # Final is final: a second finish (or any other) changes nothing.
-    assert not store.finish(task.id, "w", 1, TaskStatus.FAILED, error_code="X")
-    assert store.get_task(task.id) == done
+    assert not store.queue.finish(task.id, "w", 1, TaskStatus.FAILED, error_code="X")
+    assert store.tasks.get_task(task.id) == done
 
 
-def test_finish_as_failed_keeps_the_error(store: SqlStore) -> None:
+def test_finish_as_failed_keeps_the_error(store: SqlStores) -> None:
     add_task(store)
     task = claimed(store, "w", ["wanx-v1"])
-    assert store.set_progress(task.id, "w", 1, 2)
+    assert store.queue.set_progress(task.id, "w", 1, 2)
 
-    assert store.finish(
+    assert store.queue.finish(
         task.id, "w", 1, TaskStatus.FAILED, error_code="InternalError.Algo", error_message="boom"
     )
 
-    done = store.get_task(task.id)
+    done = store.tasks.get_task(task.id)
     assert done.status is TaskStatus.FAILED
     assert (done.error_code, done.error_message) == ("InternalError.Algo", "boom")
     assert done.progress_step == 2
     assert done.results == []
 
 
-def test_finish_is_fenced_by_worker_and_attempt(store: SqlStore) -> None:
+def test_finish_is_fenced_by_worker_and_attempt(store: SqlStores) -> None:
     add_task(store)
     task = claimed(store, "w1", ["wanx-v1"])
 
-    assert not store.finish(task.id, "w2", 1, TaskStatus.SUCCEEDED)
-    assert not store.finish(task.id, "w1", 2, TaskStatus.SUCCEEDED)
-    assert not store.set_progress(task.id, "w2", 1, 3)
+    assert not store.queue.finish(task.id, "w2", 1, TaskStatus.SUCCEEDED)
+    assert not store.queue.finish(task.id, "w1", 2, TaskStatus.SUCCEEDED)
+    assert not store.queue.set_progress(task.id, "w2", 1, 3)
     assert status_of(store, task.id) is TaskStatus.RUNNING
-    assert store.finish(task.id, "w1", 1, TaskStatus.SUCCEEDED)
+    assert store.queue.finish(task.id, "w1", 1, TaskStatus.SUCCEEDED)
 
 
-def test_worker_whose_lease_was_reaped_cannot_finish(store: SqlStore) -> None:
+def test_worker_whose_lease_was_reaped_cannot_finish(store: SqlStores) -> None:
     add_task(store)
     lost = claimed(store, "w1", ["wanx-v1"], lease=SHORT_LEASE)
     time.sleep(EXPIRE)
-    assert store.reap_expired_leases() == [(lost.id, TaskStatus.PENDING)]
+    assert store.queue.reap_expired_leases() == [(lost.id, TaskStatus.PENDING)]
     rerun = claimed(store, "w2", ["wanx-v1"])
     assert (rerun.id, rerun.attempts) == (lost.id, 2)
 
     old = ImageResult(blob_key=f"{lost.id}/1/0.png")
     new = ImageResult(blob_key=f"{lost.id}/2/0.png")
-    assert not store.set_progress(lost.id, "w1", 1, 3)
-    assert not store.finish(lost.id, "w1", 1, TaskStatus.SUCCEEDED, [old])
-    assert not store.finish(lost.id, "w1", 2, TaskStatus.SUCCEEDED, [old])
-    assert store.finish(lost.id, "w2", 2, TaskStatus.SUCCEEDED, [new])
+    assert not store.queue.set_progress(lost.id, "w1", 1, 3)
+    assert not store.queue.finish(lost.id, "w1", 1, TaskStatus.SUCCEEDED, [old])
+    assert not store.queue.finish(lost.id, "w1", 2, TaskStatus.SUCCEEDED, [old])
+    assert store.queue.finish(lost.id, "w2", 2, TaskStatus.SUCCEEDED, [new])
 
-    done = store.get_task(lost.id)
+    done = store.tasks.get_task(lost.id)
     assert (done.status, done.results, done.attempts) == (TaskStatus.SUCCEEDED, [new], 2)
 
 
-def test_same_worker_cannot_finish_an_earlier_attempt(store: SqlStore) -> None:
+def test_same_worker_cannot_finish_an_earlier_attempt(store: SqlStores) -> None:
     add_task(store)
     first = claimed(store, "w", ["wanx-v1"], lease=SHORT_LEASE)
     time.sleep(EXPIRE)
-    store.reap_expired_leases()
+    store.queue.reap_expired_leases()
     second = claimed(store, "w", ["wanx-v1"])
     assert second.attempts == 2
 
-    assert not store.finish(first.id, "w", first.attempts, TaskStatus.SUCCEEDED)
-    assert store.finish(first.id, "w", second.attempts, TaskStatus.SUCCEEDED)
+    assert not store.queue.finish(first.id, "w", first.attempts, TaskStatus.SUCCEEDED)
+    assert store.queue.finish(first.id, "w", second.attempts, TaskStatus.SUCCEEDED)
 
 
 # -- reaper ---------------------------------------------------------------------------------
 
 
-def test_reaper_requeues_an_expired_lease_and_leaves_live_ones(store: SqlStore) -> None:
+def test_reaper_requeues_an_expired_lease_and_leaves_live_ones(store: SqlStores) -> None:
     expired = add_task(store)
     live = add_task(store)
     claimed(store, "w1", ["wanx-v1"], lease=SHORT_LEASE)
     claimed(store, "w2", ["wanx-v1"], lease=LONG_LEASE)
     time.sleep(EXPIRE)
 
-    assert store.reap_expired_leases() == [(expired.id, TaskStatus.PENDING)]
-    assert store.reap_expired_leases() == []  # idempotent
+    assert store.queue.reap_expired_leases() == [(expired.id, TaskStatus.PENDING)]
+    assert store.queue.reap_expired_leases() == []  # idempotent
 
-    requeued = store.get_task(expired.id)
+    requeued = store.tasks.get_task(expired.id)
     assert requeued.status is TaskStatus.PENDING
     assert (requeued.worker_id, requeued.lease_until, requeued.attempts) == (None, None, 1)
     assert (requeued.error_code, requeued.finished_at) == (None, None)
@@ -335,92 +331,92 @@ def test_reaper_requeues_an_expired_lease_and_leaves_live_ones(store: SqlStore) 
     # Back in the queue, at its old place.
     later = add_task(store)
     assert claimed(store, "w3", ["wanx-v1"]).id == expired.id
-    assert store.get_task(later.id).status is TaskStatus.PENDING
+    assert store.tasks.get_task(later.id).status is TaskStatus.PENDING
 
 
-def test_reaper_fails_a_task_after_max_attempts(store: SqlStore) -> None:
+def test_reaper_fails_a_task_after_max_attempts(store: SqlStores) -> None:
     task = add_task(store, max_attempts=2)
 
     for attempt, outcome in ((1, TaskStatus.PENDING), (2, TaskStatus.FAILED)):
         assert claimed(store, f"w{attempt}", ["wanx-v1"], lease=SHORT_LEASE).attempts == attempt
         time.sleep(EXPIRE)
-        assert store.reap_expired_leases() == [(task.id, outcome)]
+        assert store.queue.reap_expired_leases() == [(task.id, outcome)]
 
-    failed = store.get_task(task.id)
+    failed = store.tasks.get_task(task.id)
     assert failed.status is TaskStatus.FAILED
     assert failed.error_code == "InternalError.WorkerLost"
     assert failed.error_message
     assert failed.finished_at is not None and failed.worker_id is None
-    assert store.claim("w3", ["wanx-v1"], LONG_LEASE) is None
+    assert store.queue.claim("w3", ["wanx-v1"], LONG_LEASE) is None
 
 
-def test_reaper_cancels_an_expired_task_whose_cancel_was_requested(store: SqlStore) -> None:
+def test_reaper_cancels_an_expired_task_whose_cancel_was_requested(store: SqlStores) -> None:
     task = add_task(store, max_attempts=3)
     claimed(store, "w", ["wanx-v1"], lease=SHORT_LEASE)
-    assert store.request_cancel(task.id) is TaskStatus.RUNNING
+    assert store.tasks.request_cancel(task.id) is TaskStatus.RUNNING
     time.sleep(EXPIRE)
 
-    assert store.reap_expired_leases() == [(task.id, TaskStatus.CANCELED)]
+    assert store.queue.reap_expired_leases() == [(task.id, TaskStatus.CANCELED)]
 
-    canceled = store.get_task(task.id)
+    canceled = store.tasks.get_task(task.id)
     assert canceled.status is TaskStatus.CANCELED
     assert (canceled.error_code, canceled.error_message) == (None, None)
     assert canceled.finished_at is not None
-    assert store.claim("w", ["wanx-v1"], LONG_LEASE) is None
+    assert store.queue.claim("w", ["wanx-v1"], LONG_LEASE) is None
 
 
 # -- heartbeat ------------------------------------------------------------------------------
 
 
-def test_heartbeat_extends_only_this_workers_leases(store: SqlStore) -> None:
+def test_heartbeat_extends_only_this_workers_leases(store: SqlStores) -> None:
     kept = add_task(store)
     lost = add_task(store)
     claimed(store, "w1", ["wanx-v1"], lease=SHORT_LEASE)
     claimed(store, "w2", ["wanx-v1"], lease=SHORT_LEASE)
 
-    assert store.heartbeat("w1", LONG_LEASE) == set()
+    assert store.queue.heartbeat("w1", LONG_LEASE) == set()
     time.sleep(EXPIRE)
 
-    assert store.reap_expired_leases() == [(lost.id, TaskStatus.PENDING)]
-    alive = store.get_task(kept.id)
+    assert store.queue.reap_expired_leases() == [(lost.id, TaskStatus.PENDING)]
+    alive = store.tasks.get_task(kept.id)
     assert alive.status is TaskStatus.RUNNING and alive.worker_id == "w1"
-    assert alive.lease_until is not None and alive.lease_until > store.now() + LONG_LEASE - 5
-    assert store.finish(kept.id, "w1", 1, TaskStatus.SUCCEEDED)
+    assert alive.lease_until is not None and alive.lease_until > store.db.now() + LONG_LEASE - 5
+    assert store.queue.finish(kept.id, "w1", 1, TaskStatus.SUCCEEDED)
 
 
-def test_heartbeat_reports_cancel_requests(store: SqlStore) -> None:
+def test_heartbeat_reports_cancel_requests(store: SqlStores) -> None:
     first, second = add_task(store), add_task(store)
     claimed(store, "w", ["wanx-v1"])
     claimed(store, "w", ["wanx-v1"])
 
-    assert store.heartbeat("w", LONG_LEASE) == set()
-    assert store.request_cancel(first.id) is TaskStatus.RUNNING
-    assert store.get_task(first.id).cancel_requested
-    assert store.heartbeat("w", LONG_LEASE) == {first.id}
-    assert store.heartbeat("other", LONG_LEASE) == set()
+    assert store.queue.heartbeat("w", LONG_LEASE) == set()
+    assert store.tasks.request_cancel(first.id) is TaskStatus.RUNNING
+    assert store.tasks.get_task(first.id).cancel_requested
+    assert store.queue.heartbeat("w", LONG_LEASE) == {first.id}
+    assert store.queue.heartbeat("other", LONG_LEASE) == set()
 
     # A finished task is no longer this worker's: no lease to extend, nothing to report.
-    assert store.finish(first.id, "w", 1, TaskStatus.CANCELED)
-    assert store.heartbeat("w", LONG_LEASE) == set()
-    assert store.get_task(first.id).lease_until is None
+    assert store.queue.finish(first.id, "w", 1, TaskStatus.CANCELED)
+    assert store.queue.heartbeat("w", LONG_LEASE) == set()
+    assert store.tasks.get_task(first.id).lease_until is None
     assert status_of(store, second.id) is TaskStatus.RUNNING
 
 
 # -- release --------------------------------------------------------------------------------
 
 
-def test_release_hands_the_task_back_without_counting_the_attempt(store: SqlStore) -> None:
+def test_release_hands_the_task_back_without_counting_the_attempt(store: SqlStores) -> None:
     task = add_task(store)
     add_task(store)
     claimed(store, "w", ["wanx-v1"])
-    assert store.set_progress(task.id, "w", 1, 3)
+    assert store.queue.set_progress(task.id, "w", 1, 3)
 
-    assert not store.release(task.id, "other", 1)
-    assert not store.release(task.id, "w", 2)
-    assert store.release(task.id, "w", 1)
-    assert not store.release(task.id, "w", 1)
+    assert not store.queue.release(task.id, "other", 1)
+    assert not store.queue.release(task.id, "w", 2)
+    assert store.queue.release(task.id, "w", 1)
+    assert not store.queue.release(task.id, "w", 1)
 
-    back = store.get_task(task.id)
+    back = store.tasks.get_task(task.id)
     assert back.status is TaskStatus.PENDING
     assert (back.attempts, back.worker_id, back.lease_until, back.progress_step) == (
         0,
@@ -433,69 +429,69 @@ def test_release_hands_the_task_back_without_counting_the_attempt(store: SqlStor
     assert (again.id, again.attempts) == (task.id, 1)
 
 
-def test_release_of_a_finished_task_is_refused(store: SqlStore) -> None:
+def test_release_of_a_finished_task_is_refused(store: SqlStores) -> None:
     task = add_task(store)
     claimed(store, "w", ["wanx-v1"])
-    assert store.finish(task.id, "w", 1, TaskStatus.SUCCEEDED)
+    assert store.queue.finish(task.id, "w", 1, TaskStatus.SUCCEEDED)
 
-    assert not store.release(task.id, "w", 1)
+    assert not store.queue.release(task.id, "w", 1)
     assert status_of(store, task.id) is TaskStatus.SUCCEEDED
 
 
 # -- cancel ---------------------------------------------------------------------------------
 
 
-def test_cancel_pending_by_its_owner(store: SqlStore) -> None:
+def test_cancel_pending_by_its_owner(store: SqlStores) -> None:
     task = add_task(store, key="key-a")
 
-    assert not store.cancel_pending(task.id, "key-b")
+    assert not store.tasks.cancel_pending(task.id, "key-b")
     assert status_of(store, task.id) is TaskStatus.PENDING
-    assert store.cancel_pending(task.id, "key-a")
-    assert not store.cancel_pending(task.id, "key-a")
+    assert store.tasks.cancel_pending(task.id, "key-a")
+    assert not store.tasks.cancel_pending(task.id, "key-a")
 
-    canceled = store.get_task(task.id)
+    canceled = store.tasks.get_task(task.id)
     assert canceled.status is TaskStatus.CANCELED
     assert canceled.finished_at is not None
-    assert store.claim("w", ["wanx-v1"], LONG_LEASE) is None
+    assert store.queue.claim("w", ["wanx-v1"], LONG_LEASE) is None
 
 
-def test_cancel_pending_refuses_running_and_finished_tasks(store: SqlStore) -> None:
+def test_cancel_pending_refuses_running_and_finished_tasks(store: SqlStores) -> None:
     running = add_task(store, key="key-a")
     finished = add_task(store, key="key-a")
     claimed(store, "w", ["wanx-v1"])
     claimed(store, "w", ["wanx-v1"])
-    assert store.finish(finished.id, "w", 1, TaskStatus.SUCCEEDED)
+    assert store.queue.finish(finished.id, "w", 1, TaskStatus.SUCCEEDED)
 
-    assert not store.cancel_pending(running.id, "key-a")
-    assert not store.cancel_pending(finished.id, "key-a")
-    assert not store.cancel_pending(str(uuid.uuid4()), "key-a")
+    assert not store.tasks.cancel_pending(running.id, "key-a")
+    assert not store.tasks.cancel_pending(finished.id, "key-a")
+    assert not store.tasks.cancel_pending(str(uuid.uuid4()), "key-a")
     assert status_of(store, running.id) is TaskStatus.RUNNING
-    assert not store.get_task(running.id).cancel_requested
+    assert not store.tasks.get_task(running.id).cancel_requested
     assert status_of(store, finished.id) is TaskStatus.SUCCEEDED
 
 
-def test_request_cancel_by_status(store: SqlStore) -> None:
+def test_request_cancel_by_status(store: SqlStores) -> None:
     running = add_task(store)
     finished = add_task(store)
     pending = add_task(store)
     claimed(store, "w", ["wanx-v1"])
     claimed(store, "w", ["wanx-v1"])
-    assert store.finish(finished.id, "w", 1, TaskStatus.SUCCEEDED)
+    assert store.queue.finish(finished.id, "w", 1, TaskStatus.SUCCEEDED)
 
-    assert store.request_cancel(pending.id) is TaskStatus.CANCELED
-    assert store.get_task(pending.id).finished_at is not None
-    assert store.request_cancel(running.id) is TaskStatus.RUNNING
-    assert store.get_task(running.id).cancel_requested
-    assert store.request_cancel(finished.id) is TaskStatus.SUCCEEDED
-    assert not store.get_task(finished.id).cancel_requested
-    assert store.request_cancel(str(uuid.uuid4())) is None
+    assert store.tasks.request_cancel(pending.id) is TaskStatus.CANCELED
+    assert store.tasks.get_task(pending.id).finished_at is not None
+    assert store.tasks.request_cancel(running.id) is TaskStatus.RUNNING
+    assert store.tasks.get_task(running.id).cancel_requested
+    assert store.tasks.request_cancel(finished.id) is TaskStatus.SUCCEEDED
+    assert not store.tasks.get_task(finished.id).cancel_requested
+    assert store.tasks.request_cancel(str(uuid.uuid4())) is None
 
 
 # -- list -----------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def listed(store: SqlStore) -> dict[str, Task]:
+def listed(store: SqlStores) -> dict[str, Task]:
     """Four tasks of key-a (oldest first) and one of key-b, with distinct creation times."""
     tasks: dict[str, Task] = {}
     for name, model, key, workspace in (
@@ -508,7 +504,7 @@ def listed(store: SqlStore) -> dict[str, Task]:
         tasks[name] = add_task(store, model=model, key=key, workspace=workspace)
         time.sleep(0.003)  # SQLite's clock ticks in milliseconds
     claimed(store, "w", ["wanx-v1"])
-    assert store.finish(tasks["wan"].id, "w", 1, TaskStatus.SUCCEEDED)
+    assert store.queue.finish(tasks["wan"].id, "w", 1, TaskStatus.SUCCEEDED)
     created = [t.created_at for t in tasks.values()]
     assert created == sorted(set(created))
     return tasks
@@ -523,18 +519,18 @@ EVERYTHING = TaskFilter(start=0.0, end=4e9)
 
 
 def test_list_tasks_shows_only_the_keys_tasks_newest_first(
-    store: SqlStore, listed: dict[str, Task]
+    store: SqlStores, listed: dict[str, Task]
 ) -> None:
-    total, got = store.list_tasks("key-a", EVERYTHING, 0, 10)
+    total, got = store.tasks.list_tasks("key-a", EVERYTHING, 0, 10)
 
     assert total == 4
     assert names(listed, got) == ["qwen_new", "qwen_ws", "wan", "qwen_old"]
     assert got[2].status is TaskStatus.SUCCEEDED
-    assert store.list_tasks("key-c", EVERYTHING, 0, 10) == (0, [])
+    assert store.tasks.list_tasks("key-c", EVERYTHING, 0, 10) == (0, [])
 
 
-def test_list_tasks_pages(store: SqlStore, listed: dict[str, Task]) -> None:
-    pages = [store.list_tasks("key-a", EVERYTHING, offset, 3) for offset in (0, 3, 6)]
+def test_list_tasks_pages(store: SqlStores, listed: dict[str, Task]) -> None:
+    pages = [store.tasks.list_tasks("key-a", EVERYTHING, offset, 3) for offset in (0, 3, 6)]
 
     assert [total for total, _ in pages] == [4, 4, 4]
     assert [names(listed, page) for _, page in pages] == [
@@ -558,28 +554,30 @@ def test_list_tasks_pages(store: SqlStore, listed: dict[str, Task]) -> None:
     ],
 )
 def test_list_tasks_filters(
-    store: SqlStore, listed: dict[str, Task], changes: dict[str, Any], expected: list[str]
+    store: SqlStores, listed: dict[str, Task], changes: dict[str, Any], expected: list[str]
 ) -> None:
     flt = dataclasses.replace(EVERYTHING, **changes)
 
-    total, got = store.list_tasks("key-a", flt, 0, 10)
+    total, got = store.tasks.list_tasks("key-a", flt, 0, 10)
 
     assert (total, names(listed, got)) == (len(expected), expected)
 
 
-def test_list_tasks_by_id_only_finds_the_keys_own(store: SqlStore, listed: dict[str, Task]) -> None:
+def test_list_tasks_by_id_only_finds_the_keys_own(
+    store: SqlStores, listed: dict[str, Task]
+) -> None:
     mine = TaskFilter(start=0.0, end=4e9, task_id=listed["wan"].id)
     theirs = TaskFilter(start=0.0, end=4e9, task_id=listed["other_key"].id)
 
-    assert names(listed, store.list_tasks("key-a", mine, 0, 10)[1]) == ["wan"]
-    assert store.list_tasks("key-a", theirs, 0, 10) == (0, [])
+    assert names(listed, store.tasks.list_tasks("key-a", mine, 0, 10)[1]) == ["wan"]
+    assert store.tasks.list_tasks("key-a", theirs, 0, 10) == (0, [])
 
 
-def test_list_tasks_window_is_inclusive(store: SqlStore, listed: dict[str, Task]) -> None:
+def test_list_tasks_window_is_inclusive(store: SqlStores, listed: dict[str, Task]) -> None:
     wan, qwen_ws = listed["wan"].created_at, listed["qwen_ws"].created_at
 
     def window(start: float, end: float) -> tuple[int, list[str]]:
-        total, got = store.list_tasks("key-a", TaskFilter(start=start, end=end), 0, 10)
+        total, got = store.tasks.list_tasks("key-a", TaskFilter(start=start, end=end), 0, 10)
         return total, names(listed, got)
 
     assert window(wan, qwen_ws) == (2, ["qwen_ws", "wan"])
@@ -591,42 +589,42 @@ def test_list_tasks_window_is_inclusive(store: SqlStore, listed: dict[str, Task]
 # -- retention ------------------------------------------------------------------------------
 
 
-def test_expired_task_ids_only_take_finished_tasks_past_retention(store: SqlStore) -> None:
+def test_expired_task_ids_only_take_finished_tasks_past_retention(store: SqlStores) -> None:
     succeeded, failed, running, canceled, pending = (add_task(store) for _ in range(5))
     for _ in range(3):
         claimed(store, "w", ["wanx-v1"])
-    assert store.finish(succeeded.id, "w", 1, TaskStatus.SUCCEEDED)
-    assert store.finish(failed.id, "w", 1, TaskStatus.FAILED, error_code="X")
-    assert store.cancel_pending(canceled.id, "key-a")
+    assert store.queue.finish(succeeded.id, "w", 1, TaskStatus.SUCCEEDED)
+    assert store.queue.finish(failed.id, "w", 1, TaskStatus.FAILED, error_code="X")
+    assert store.tasks.cancel_pending(canceled.id, "key-a")
     time.sleep(0.01)
 
     finished = {succeeded.id, failed.id, canceled.id}
-    assert set(store.expired_task_ids(0.0)) == finished
-    assert store.expired_task_ids(3600.0) == []
-    assert len(store.expired_task_ids(0.0, limit=2)) == 2
+    assert set(store.tasks.expired_task_ids(0.0)) == finished
+    assert store.tasks.expired_task_ids(3600.0) == []
+    assert len(store.tasks.expired_task_ids(0.0, limit=2)) == 2
     assert pending.id not in finished and running.id not in finished
 
 
-def test_retention_counts_from_the_finish_not_the_creation(store: SqlStore) -> None:
+def test_retention_counts_from_the_finish_not_the_creation(store: SqlStores) -> None:
     old = add_task(store)
     time.sleep(0.2)
-    assert store.cancel_pending(old.id, "key-a")
+    assert store.tasks.cancel_pending(old.id, "key-a")
 
     # Created 0.2 s ago, but finished just now: not yet past a 0.1 s retention.
-    assert store.expired_task_ids(0.1) == []
+    assert store.tasks.expired_task_ids(0.1) == []
     time.sleep(0.12)
-    assert store.expired_task_ids(0.1) == [old.id]
+    assert store.tasks.expired_task_ids(0.1) == [old.id]
 
 
-def test_delete_tasks_forgets_them(store: SqlStore) -> None:
+def test_delete_tasks_forgets_them(store: SqlStores) -> None:
     gone, kept = add_task(store), add_task(store)
-    store.cancel_pending(gone.id, "key-a")
-    store.cancel_pending(kept.id, "key-a")
+    store.tasks.cancel_pending(gone.id, "key-a")
+    store.tasks.cancel_pending(kept.id, "key-a")
 
-    assert store.delete_tasks([gone.id, str(uuid.uuid4())]) == 1
-    assert store.get_task(gone.id) is None
-    assert store.get_task(kept.id) is not None
-    assert store.delete_tasks([]) == 0
+    assert store.tasks.delete_tasks([gone.id, str(uuid.uuid4())]) == 1
+    assert store.tasks.get_task(gone.id) is None
+    assert store.tasks.get_task(kept.id) is not None
+    assert store.tasks.delete_tasks([]) == 0
 
 
 # -- API keys -------------------------------------------------------------------------------
@@ -643,41 +641,41 @@ def _integrity_errors() -> tuple[type[Exception], ...]:
     return tuple(errors)
 
 
-def test_keys_insert_find_touch_list(store: SqlStore) -> None:
-    first = store.insert_key("id-1", "ci", "sk-abcd", hash_key("sk-abcd-secret"))
-    second = store.insert_key("id-2", "laptop", "sk-ef01", hash_key("sk-ef01-secret"))
+def test_keys_insert_find_touch_list(store: SqlStores) -> None:
+    first = store.keys.insert_key("id-1", "ci", "sk-abcd", hash_key("sk-abcd-secret"))
+    second = store.keys.insert_key("id-2", "laptop", "sk-ef01", hash_key("sk-ef01-secret"))
 
     assert (first.id, first.name, first.prefix) == ("id-1", "ci", "sk-abcd")
     assert first.last_used_at is None and first.revoked_at is None
-    assert store.find_key(hash_key("sk-abcd-secret")) == first
-    assert store.find_key(hash_key("sk-ef01-secret")) == second
-    assert store.find_key(hash_key("sk-nope")) is None
-    assert [k.id for k in store.list_keys()] == ["id-1", "id-2"]
+    assert store.keys.find_key(hash_key("sk-abcd-secret")) == first
+    assert store.keys.find_key(hash_key("sk-ef01-secret")) == second
+    assert store.keys.find_key(hash_key("sk-nope")) is None
+    assert [k.id for k in store.keys.list_keys()] == ["id-1", "id-2"]
 
-    store.touch_key("id-1", min_interval=60)
-    touched = store.find_key(hash_key("sk-abcd-secret"))
+    store.keys.touch_key("id-1", min_interval=60)
+    touched = store.keys.find_key(hash_key("sk-abcd-secret"))
     assert touched is not None and touched.last_used_at is not None
     assert touched.last_used_at >= first.created_at
     # Within the interval a second use is not written again.
-    store.touch_key("id-1", min_interval=60)
-    again = store.find_key(hash_key("sk-abcd-secret"))
+    store.keys.touch_key("id-1", min_interval=60)
+    again = store.keys.find_key(hash_key("sk-abcd-secret"))
     assert again is not None and again.last_used_at == touched.last_used_at
 
 
-def test_keys_secret_hash_is_unique(store: SqlStore) -> None:
-    store.insert_key("id-1", "a", "sk-abcd", hash_key("same"))
+def test_keys_secret_hash_is_unique(store: SqlStores) -> None:
+    store.keys.insert_key("id-1", "a", "sk-abcd", hash_key("same"))
 
     with pytest.raises(_integrity_errors()):
-        store.insert_key("id-2", "b", "sk-abcd", hash_key("same"))
+        store.keys.insert_key("id-2", "b", "sk-abcd", hash_key("same"))
 
 
-def test_key_service_authenticates_bearer_keys(store: SqlStore) -> None:
-    keys = KeyService(store)
+def test_key_service_authenticates_bearer_keys(store: SqlStores) -> None:
+    keys = KeyService(store.keys)
     key, secret = keys.create("ci")
 
     assert secret.startswith("sk-") and len(secret) == 3 + 48
     assert key.prefix == secret[:7]
-    assert store.find_key(secret) is None  # only the hash is stored
+    assert store.keys.find_key(secret) is None  # only the hash is stored
     assert keys.authenticate(f"Bearer {secret}").id == key.id
     assert keys.authenticate(f"bearer  {secret} ").id == key.id
     with pytest.raises(MissingApiKey):
@@ -689,27 +687,27 @@ def test_key_service_authenticates_bearer_keys(store: SqlStore) -> None:
             keys.authenticate(bad)
 
 
-def test_a_task_waiting_for_its_prompt_rewrite_is_not_claimed(store: SqlStore) -> None:
+def test_a_task_waiting_for_its_prompt_rewrite_is_not_claimed(store: SqlStores) -> None:
     task = add_task(store, task_id="t", rewrite_prompt=True)
     assert not task.prompt_ready
-    assert store.claim("w", ["wanx-v1"], LONG_LEASE) is None
+    assert store.queue.claim("w", ["wanx-v1"], LONG_LEASE) is None
 
-    leased = store.claim_prompt(lease_seconds=SHORT_LEASE)
+    leased = store.prompts.claim_prompt(lease_seconds=SHORT_LEASE)
     assert leased is not None and leased.id == "t"
-    assert store.claim_prompt(lease_seconds=LONG_LEASE) is None  # leased to the first
+    assert store.prompts.claim_prompt(lease_seconds=LONG_LEASE) is None  # leased to the first
     time.sleep(EXPIRE)
-    again = store.claim_prompt(lease_seconds=LONG_LEASE)  # its rewriter died: taken again
+    again = store.prompts.claim_prompt(lease_seconds=LONG_LEASE)  # its rewriter died: taken again
     assert again is not None and again.id == "t"
 
-    assert store.set_actual_prompt("t", "a red fox, snowfall, dusk light", note=None)
-    assert not store.set_actual_prompt("t", "twice", note=None)
-    assert store.claim_prompt(lease_seconds=LONG_LEASE) is None
+    assert store.prompts.set_actual_prompt("t", "a red fox, snowfall, dusk light", note=None)
+    assert not store.prompts.set_actual_prompt("t", "twice", note=None)
+    assert store.prompts.claim_prompt(lease_seconds=LONG_LEASE) is None
     running = claimed(store, "w", ["wanx-v1"])
     assert running.effective_prompt == "a red fox, snowfall, dusk light"
     assert running.params.prompt == PARAMS.prompt
 
 
-def test_a_cancelled_task_is_not_rewritten(store: SqlStore) -> None:
+def test_a_cancelled_task_is_not_rewritten(store: SqlStores) -> None:
     add_task(store, task_id="t", rewrite_prompt=True)
-    assert store.cancel_pending("t", "key-a")
-    assert store.claim_prompt(lease_seconds=LONG_LEASE) is None
+    assert store.tasks.cancel_pending("t", "key-a")
+    assert store.prompts.claim_prompt(lease_seconds=LONG_LEASE) is None
