@@ -5,10 +5,23 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 PG_DSN_ENV = "IMAGESYNTH_TEST_POSTGRES_DSN"
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny offline demo weights, built once per test session (engine/diffusers/demo.py)."""
+    from imagesynth.engine.diffusers.demo import build_demo_weights
+
+    root = tmp_path_factory.mktemp("demo-weights")
+    build_demo_weights(root)
+    return root
+
+
 PG_SKIP_REASON = f"{PG_DSN_ENV} not set: PostgreSQL tests skipped"
 
 

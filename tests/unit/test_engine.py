@@ -60,13 +60,12 @@ def _no_network(*args: Any, **kwargs: Any) -> None:
     raise AssertionError("network access")
 
 
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("demo-weights")
+def test_demo_weights_build_without_the_network(tmp_path: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(socket.socket, "connect", _no_network)
-        build_demo_weights(root)
-    return root
+        built = build_demo_weights(tmp_path / "demo")
+    assert sorted(built) == sorted(FAMILIES)
+    assert all((path / "model_index.json").is_file() for path in built.values())
 
 
 @pytest.fixture(scope="module")

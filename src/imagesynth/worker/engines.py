@@ -64,6 +64,10 @@ class Engines:
         self.demo_root = demo_root
         self._loaded: dict[EngineSpec, Engine] = {}
 
+    def install(self, spec: EngineSpec, engine: Engine) -> None:
+        """Use this (loaded) engine for `spec` instead of building one."""
+        self._loaded[spec] = engine
+
     def for_model(self, spec: ModelSpec) -> Engine:
         wanted = engine_spec(spec, self.demo_root)
         engine = self._loaded.get(wanted)
