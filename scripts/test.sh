@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv with the test tools and run the whole test suite. Arguments go to pytest.
+# Set up .venv with the test tools, run what a reviewer would check (ruff lint and format,
+# mypy, the import contracts), then the whole test suite. Arguments go to pytest.
 # PostgreSQL: the store tests also run against a server at IMAGESYNTH_TEST_POSTGRES_DSN
 # (default postgresql://postgres@127.0.0.1:5432/test). If none answers, this script tries to
 # start the local cluster; if that fails too, it says so and those tests are skipped.
@@ -21,5 +22,15 @@ else
   unset IMAGESYNTH_TEST_POSTGRES_DSN
   echo "==> NOTE: no PostgreSQL at $dsn: the PostgreSQL store tests will be SKIPPED"
 fi
+
+echo "==> ruff check, ruff format --check, mypy, lint-imports"
+.venv/bin/ruff check src tests bench
+.venv/bin/ruff format --check src tests bench
+.venv/bin/mypy
+if ! contracts=$(.venv/bin/lint-imports --no-cache 2>&1); then
+  echo "$contracts"
+  exit 1
+fi
+echo "$contracts" | grep -E "KEPT|Contracts:"
 
 exec .venv/bin/python -m pytest "$@"
