@@ -170,7 +170,7 @@ def test_the_recorder_sees_a_heavy_import_and_where_it_came_from(
     a package (importlib.util.find_spec) is told apart from an import."""
     code = (
         "import importlib.util; assert importlib.util.find_spec('diffusers'); "
-        "from imagesynth.engine.base import resolve_dtype; print(resolve_dtype('auto', 'cpu'))"
+        "from imagesynth.engine.diffusers.pipelines import resolve_dtype; print(resolve_dtype('auto', 'cpu'))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
@@ -188,7 +188,7 @@ def test_the_recorder_sees_a_heavy_import_and_where_it_came_from(
     (torch,) = (r for r in seen if r["name"] == "torch")
     assert torch["event"] == "import"
     assert torch["thread"] == "MainThread"
-    assert torch["importer"].startswith("imagesynth.engine.base:")
+    assert torch["importer"].startswith("imagesynth.engine.diffusers.pipelines:")
     assert torch["importer"].endswith(" in resolve_dtype")
     assert torch["imagesynth"] == [torch["importer"]]
 
