@@ -82,7 +82,7 @@ def serve(
     from imagesynth.api.app import create_app
 
     if not no_worker:
-        keep_freed_memory()  # before any thread starts: see engine/memory.py
+        keep_freed_memory()  # before any thread starts: see worker/memory.py
     rt = _runtime()
     services = rt.services()
     if not services.keys.all():
@@ -135,7 +135,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a worker process on the same state as the service (same IMAGESYNTH_HOME/database)."""
-    keep_freed_memory()  # before any thread starts: see engine/memory.py
+    keep_freed_memory()  # before any thread starts: see worker/memory.py
     rt = _runtime()
     for name in models or []:
         rt.catalog.get(name)

@@ -1,4 +1,4 @@
-"""The task-queue protocol of SqlStores (design/task-queue.md), against SQLite and PostgreSQL.
+"""The task-queue protocol of SqlStores (docs/task-queue.md), against SQLite and PostgreSQL.
 
 Every test runs once per backend: SQLite on a temporary file, and PostgreSQL in a fresh schema
 when IMAGESYNTH_TEST_POSTGRES_DSN (a postgresql:// URL) is set.
