@@ -54,9 +54,9 @@ def _first_key_banner(secret: str, base: str) -> str:
 """
 
 
-def _prompt_stage_line(rt: Runtime, *, worker: bool) -> str:
+def _prompt_stage_line(rt: Runtime, *, api: bool, worker: bool) -> str:
     """The startup log's word on prompt_extend in this process."""
-    if rt.prompt_stage_runs_here(worker=worker):
+    if rt.prompt_stage_runs_here(api=api, worker=worker):
         return rt.rewriter.describe()
     if rt.rewriter_kind == "local":
         return (
@@ -64,7 +64,7 @@ def _prompt_stage_line(rt: Runtime, *, worker: bool) -> str:
             "(`imagesynth worker`), never in an API-only process"
         )
     if rt.rewriter_kind == "openai":
-        return "prompt_extend: the rewriter's prompt stage runs in the API processes"
+        return "prompt_extend: the remote rewriter's prompt stage runs in the API processes"
     return rt.rewriter.describe()
 
 
@@ -95,7 +95,7 @@ def serve(
 
     def start_background() -> None:
         threads.append(rt.maintenance().start(stop, rt.settings.maintenance_interval_seconds))
-        if rt.prompt_stage_runs_here(worker=not no_worker):
+        if rt.prompt_stage_runs_here(api=True, worker=not no_worker):
             threads.extend(rt.prompt_stage().start(stop))
         if not no_worker:
             thread = threading.Thread(
@@ -111,7 +111,7 @@ def serve(
             thread.join(timeout=60)
 
     log.info("model catalog: %s", rt.catalog.source)
-    log.info(_prompt_stage_line(rt, worker=not no_worker))
+    log.info(_prompt_stage_line(rt, api=True, worker=not no_worker))
     log.info(rt.term_filter.describe())
     if rt.settings.admin_token is None:
         log.info("admin API (/admin/v1) credential: `imagesynth admin-token`")
@@ -141,8 +141,8 @@ def worker(
         rt.catalog.get(name)
     stop = threading.Event()
     rt.maintenance().start(stop, rt.settings.maintenance_interval_seconds)
-    if rt.prompt_stage_runs_here(worker=True):
-        log.info(_prompt_stage_line(rt, worker=True))
+    log.info(_prompt_stage_line(rt, api=False, worker=True))
+    if rt.prompt_stage_runs_here(api=False, worker=True):
         rt.prompt_stage().start(stop)
     w = rt.worker(models)
 

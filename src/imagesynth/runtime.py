@@ -77,12 +77,13 @@ class Runtime:
         """ "openai", "local" or "none" (prompts/factory.py), without building the rewriter."""
         return rewriter_kind(self.settings)
 
-    def prompt_stage_runs_here(self, *, worker: bool) -> bool:
-        """Whether a process (with a worker or API-only) runs the prompt stage: a remote
-        rewriter's stage runs in API processes; a local LM's in worker processes, which load
-        torch anyway, so that an API process never does."""
+    def prompt_stage_runs_here(self, *, api: bool, worker: bool) -> bool:
+        """Whether a process that serves the API and/or runs a worker runs the prompt stage:
+        a remote rewriter's stage runs in API processes; a local LM's in worker processes,
+        which load torch anyway, so that an API-only process never does. `serve` with its
+        in-process worker is both, and runs either."""
         kind = self.rewriter_kind
-        return kind == "openai" if not worker else kind == "local"
+        return (kind == "openai" and api) or (kind == "local" and worker)
 
     @functools.cached_property
     def rewriter(self) -> PromptRewriter:
