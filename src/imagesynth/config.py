@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         description="Phrases that are never blocked although they contain a blocked term "
         "(e.g. 'nude lipstick'); listing a term itself turns it off.",
     )
+    safety_categories_off: str = Field(
+        default="",
+        description="Comma-separated content categories not to block: shipped term-list "
+        "categories (sexual, sexual_violence, gore, terrorism, hate, self_harm, drugs, "
+        "extremism; never minors), an operator file's [category], or a guard model's "
+        "category (e.g. politically_sensitive_topics).",
+    )
     image_safety: Literal["auto", "nudenet", "opennsfw", "none"] = Field(
         default="auto",
         description="Classifier for generated images: auto uses nudenet if installed, else "

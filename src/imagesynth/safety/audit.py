@@ -1,7 +1,8 @@
 """The content-safety audit trail: one log line per decision, on logger `imagesynth.audit`.
 
 Each line says which task (or request, for a prompt rejected before a task exists), which
-stage (prompt | image), the decision, and the rule that matched or the score; the same fields
+stage (prompt | image), the decision, for prompts the layer (terms) and the category,
+and the rule that matched, the guard's verdict, or the score; the same fields
 travel in the record's `audit` attribute for structured log handlers. It never carries the
 image, nor the checked text beyond the rule that matched. Passes are logged at INFO, blocks
 at WARNING; route the logger to its own file to keep the trail.
@@ -58,6 +59,8 @@ def prompt_checked(
         task_id=task_id,
         request_id=request_id,
         field=field,
+        layer="terms",
+        category=None if match is None else match.category,
         rule=None if match is None else match.rule,
         list=None if match is None else match.source,
     )
