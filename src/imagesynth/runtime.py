@@ -2,11 +2,13 @@
 
 Every concrete store, engine and front door is chosen here and handed to the layers below as
 the port they see (docs/architecture.md). Which process runs what:
-- `imagesynth serve --no-worker` (an API process): the HTTP app, maintenance, and the prompt
-  stage when the rewriter is a remote endpoint. It never imports torch, diffusers or
-  transformers: the worker, the engines and a local LM rewriter are built only in workers.
-- `imagesynth worker`, and the in-process worker of `imagesynth serve`: the worker, the image
-  classifier, maintenance, and the prompt stage when the rewriter is a local LM.
+- `imagesynth serve --no-worker` (an API process): the HTTP app (with a remote prompt guard),
+  maintenance, and the prompt stage when the rewriter is a remote endpoint. It never imports
+  torch, diffusers or transformers: the worker, the engines, a local LM rewriter and a local
+  guard model are built only in workers.
+- `imagesynth worker`, and the in-process worker of `imagesynth serve`: the worker (with a
+  local prompt guard), the image classifier, maintenance, and the prompt stage when the
+  rewriter is a local LM.
 """
 
 from __future__ import annotations
