@@ -171,7 +171,8 @@ def test_the_recorder_sees_a_heavy_import_and_where_it_came_from(
     a package (importlib.util.find_spec) is told apart from an import."""
     code = (
         "import importlib.util; assert importlib.util.find_spec('diffusers'); "
-        "from imagesynth.engine.diffusers.pipelines import resolve_dtype; print(resolve_dtype('auto', 'cpu'))"
+        "from imagesynth.engine.diffusers.pipelines import resolve_dtype; "
+        "print(resolve_dtype('auto', 'cpu'))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],

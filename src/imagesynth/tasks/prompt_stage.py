@@ -3,9 +3,10 @@
 Tasks submitted with prompt_extend, while a rewriter is configured, wait in the queue with
 prompt_ready = 0; workers skip them. This stage leases one such task at a time per thread (it
 runs in the API processes for a remote rewriter and in the worker processes for a local LM,
-so an API process never loads torch: runtime.py, docs/architecture.md), asks the rewriter (which never raises and has its own time budget), and
-records the prompt the pipeline will get. A GPU worker is never held waiting for an LLM, and a
-stage that dies mid-rewrite only delays the task until its lease runs out.
+so an API process never loads torch: runtime.py, docs/architecture.md), asks the rewriter
+(which never raises and has its own time budget), and records the prompt the pipeline will
+get. A GPU worker is never held waiting for an LLM, and a stage that dies mid-rewrite only
+delays the task until its lease runs out.
 """
 
 from __future__ import annotations
