@@ -355,7 +355,7 @@ class TermFilter:
         """Why `text` must not be used (its first blocked term), or None: the shape of
         prompts.build_rewriter's `screen`, so a rewrite cannot bring in a blocked term."""
         match = self.check(text)
-        return None if match is None else f"blocked term {match.rule!r} ({match.category})"
+        return None if match is None else f"blocked term {match.rule!r}"
 
 
 def build_term_filter(settings: Settings) -> TermFilter:
