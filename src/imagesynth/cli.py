@@ -113,6 +113,7 @@ def serve(
     log.info("model catalog: %s", rt.catalog.source)
     log.info(_prompt_stage_line(rt, api=True, worker=not no_worker))
     log.info(rt.term_filter.describe())
+    log.info(rt.describe_guard(worker=False))
     if rt.settings.admin_token is None:
         log.info("admin API (/admin/v1) credential: `imagesynth admin-token`")
     server = uvicorn.Server(
@@ -330,6 +331,7 @@ def models_list() -> None:
     print()
     print(rt.rewriter.describe())
     print(rt.term_filter.describe())
+    print(rt.describe_guard(worker=False))
     print(build_image_classifier(rt.settings).describe())
 
 

@@ -112,6 +112,49 @@ class Settings(BaseSettings):
         description="Phrases that are never blocked although they contain a blocked term "
         "(e.g. 'nude lipstick'); listing a term itself turns it off.",
     )
+    safety_categories_off: str = Field(
+        default="",
+        description="Comma-separated content categories not to block: shipped term-list "
+        "categories (sexual, sexual_violence, gore, terrorism, hate, self_harm, drugs, "
+        "extremism; never minors), an operator file's [category], or a guard model's "
+        "category (e.g. politically_sensitive_topics).",
+    )
+    guard: Literal["none", "chat", "moderations", "local"] | None = Field(
+        default=None,
+        description="Prompt guard model, a second layer after the term lists: chat (a guard "
+        "model's OpenAI-compatible chat endpoint, e.g. vLLM serving Qwen3Guard-Gen) or "
+        "moderations (POST /moderations), both at submit in the API process; local (a "
+        "transformers guard model folder), in the workers before generation; or none. Unset: "
+        "chat when guard_base_url is set, local when guard_path is set, else none.",
+    )
+    guard_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible API base of the guard, e.g. .../v1."
+    )
+    guard_api_key: SecretStr | None = Field(
+        default=None, description="Bearer key for guard_base_url, if it needs one."
+    )
+    guard_model: str | None = Field(
+        default=None, description="Model name sent to guard_base_url, e.g. Qwen3Guard-Gen-0.6B."
+    )
+    guard_path: Path | None = Field(
+        default=None, description="Folder of a local transformers guard model (save_pretrained)."
+    )
+    guard_device: str = Field(default="cpu", description="torch device of the local guard.")
+    guard_timeout_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        description="Longest the guard may take per prompt; then guard_fail decides.",
+    )
+    guard_fail: Literal["open", "closed"] = Field(
+        default="open",
+        description="When the guard gives no verdict (timeout, error, unreadable reply): open "
+        "lets the prompt through (the term lists and image classifier still apply), closed "
+        "rejects it with DataInspectionFailed.",
+    )
+    guard_block_controversial: bool = Field(
+        default=False,
+        description="Block prompts the guard calls Controversial, not only Unsafe.",
+    )
     image_safety: Literal["auto", "nudenet", "opennsfw", "none"] = Field(
         default="auto",
         description="Classifier for generated images: auto uses nudenet if installed, else "

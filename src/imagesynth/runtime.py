@@ -2,11 +2,13 @@
 
 Every concrete store, engine and front door is chosen here and handed to the layers below as
 the port they see (docs/architecture.md). Which process runs what:
-- `imagesynth serve --no-worker` (an API process): the HTTP app, maintenance, and the prompt
-  stage when the rewriter is a remote endpoint. It never imports torch, diffusers or
-  transformers: the worker, the engines and a local LM rewriter are built only in workers.
-- `imagesynth worker`, and the in-process worker of `imagesynth serve`: the worker, the image
-  classifier, maintenance, and the prompt stage when the rewriter is a local LM.
+- `imagesynth serve --no-worker` (an API process): the HTTP app (with a remote prompt guard),
+  maintenance, and the prompt stage when the rewriter is a remote endpoint. It never imports
+  torch, diffusers or transformers: the worker, the engines, a local LM rewriter and a local
+  guard model are built only in workers.
+- `imagesynth worker`, and the in-process worker of `imagesynth serve`: the worker (with a
+  local prompt guard), the image classifier, maintenance, and the prompt stage when the
+  rewriter is a local LM.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from imagesynth.inputs.fetch import FetchPolicy, parse_networks
 from imagesynth.inputs.uploads import UploadSigner
 from imagesynth.prompts.factory import build_rewriter, rewriter_kind
 from imagesynth.prompts.rewriter import PromptRewriter
+from imagesynth.safety.guard import Guard
+from imagesynth.safety.guard_factory import build_guard, guard_kind, guard_runs_at_submit
 from imagesynth.safety.terms import TermFilter, build_term_filter
 from imagesynth.storage.local import LocalBlobStore
 from imagesynth.storage.signing import UrlSigner, load_or_create_secret
@@ -66,11 +70,40 @@ class Runtime:
             signer=signer,
         )
 
-    # -- prompt_extend --------------------------------------------------------------------
+    # -- prompt safety --------------------------------------------------------------------
 
     @functools.cached_property
     def term_filter(self) -> TermFilter:
         return build_term_filter(self.settings)
+
+    def guard(self, *, worker: bool) -> Guard | None:
+        """The prompt guard of a process (with a worker or API-only), or None: a remote
+        endpoint screens at submit (API processes), a local model in the workers before
+        generation, which load torch anyway, so that an API process never does."""
+        if guard_runs_at_submit(self.settings) == worker:
+            return None
+        return self._guard
+
+    @functools.cached_property
+    def _guard(self) -> Guard | None:
+        return build_guard(self.settings)
+
+    def describe_guard(self, *, worker: bool) -> str:
+        """The startup log's word on the prompt guard in this process."""
+        guard = self.guard(worker=worker)
+        if guard is not None:
+            return guard.model.describe()
+        kind = guard_kind(self.settings)
+        if kind == "local":
+            return (
+                "prompt guard: the local guard model runs in worker processes "
+                "(`imagesynth worker`), never in an API-only process"
+            )
+        if kind != "none":
+            return "prompt guard: screens prompts at submit, in the API processes"
+        return "prompt guard: none (set IMAGESYNTH_GUARD_BASE_URL or IMAGESYNTH_GUARD_PATH)"
+
+    # -- prompt_extend --------------------------------------------------------------------
 
     @property
     def rewriter_kind(self) -> str:
@@ -123,6 +156,7 @@ class Runtime:
                 ),
                 s.max_attempts,
                 term_filter=self.term_filter,
+                guard=self.guard(worker=False),
                 # Tasks wait for the prompt stage wherever it runs (an API process or a
                 # worker): only the configuration says whether there is one.
                 rewrite_prompts=self.rewriter_kind != "none",
@@ -182,6 +216,7 @@ class Runtime:
             models=models,
             labeler=Labeler.from_settings(s),
             classifier=build_image_classifier(s),
+            guard=self.guard(worker=True),
         )
 
 

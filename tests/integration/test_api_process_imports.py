@@ -32,6 +32,7 @@ from safetensors.numpy import save_file
 from imagesynth.catalog import Catalog
 from tests.integration.conftest import Home, Launcher, Server, sdk_pointed_at
 from tests.integration.test_reference import png_bytes, reference_image
+from tests.unit.tiny_guard import build_tiny_guard
 from tests.unit.tiny_lm import build_tiny_lm
 
 # torch, diffusers and transformers: what the README and STYLE.md promise. accelerate and peft:
@@ -197,6 +198,7 @@ def test_the_recorder_sees_a_heavy_import_and_where_it_came_from(
 def every_heavy_option(tmp_path: Path) -> dict[str, str]:
     """Settings that switch on everything that runs on torch, transformers or onnxruntime."""
     lm = build_tiny_lm(tmp_path / "tiny-lm", REPLY)
+    guard = build_tiny_guard(tmp_path / "tiny-guard", "Safety: Safe\nCategories: None")
     # A style LoRA: a valid safetensors file, which only a worker would ever open.
     lora = tmp_path / "watercolor-lora.safetensors"
     save_file({"lora_unet_down.lora_down.weight": np.zeros((4, 8), np.float32)}, str(lora))
@@ -211,6 +213,8 @@ def every_heavy_option(tmp_path: Path) -> dict[str, str]:
         "rewriter": "local",
         "rewriter_path": str(lm),
         "rewriter_timeout_seconds": "60",
+        "guard": "local",  # a local guard model screens in the workers only
+        "guard_path": str(guard),
         "image_safety": "nudenet",
         "invisible_watermark": "true",
         "catalog": str(catalog),

@@ -116,7 +116,7 @@ def test_match_reports_where_in_the_original_text(terms: TermFilter) -> None:
     match = terms.check(text)
     assert match is not None
     assert text[match.start : match.end] == "Ｎ.u.d.e"
-    assert match.source == "default:blocked_en.txt"
+    assert (match.source, match.category) == ("default:sexual.en.txt", "sexual")
 
 
 def test_negative_prompts_may_steer_away(terms: TermFilter) -> None:
@@ -240,13 +240,13 @@ def test_audit_lines_carry_the_rule_not_the_text(
     blocked, passed = caplog.records
     assert blocked.levelno == logging.WARNING and passed.levelno == logging.INFO
     assert blocked.getMessage() == (
-        "audit stage=prompt decision=block request_id=req-1 field=prompt rule=nude "
-        "list=default:blocked_en.txt"
+        "audit stage=prompt decision=block request_id=req-1 field=prompt layer=terms "
+        "category=sexual rule=nude list=default:sexual.en.txt"
     )
     assert "secret" not in blocked.getMessage()
     assert (
         passed.getMessage()
-        == "audit stage=prompt decision=pass task_id=task-1 field=negative_prompt"
+        == "audit stage=prompt decision=pass task_id=task-1 field=negative_prompt layer=terms"
     )
     assert blocked.audit["rule"] == "nude"  # type: ignore[attr-defined]
 

@@ -1,7 +1,8 @@
 """The content-safety audit trail: one log line per decision, on logger `imagesynth.audit`.
 
 Each line says which task (or request, for a prompt rejected before a task exists), which
-stage (prompt | image), the decision, and the rule that matched or the score; the same fields
+stage (prompt | image), the decision, for prompts the layer (terms | guard) and the category,
+and the rule that matched, the guard's verdict, or the score; the same fields
 travel in the record's `audit` attribute for structured log handlers. It never carries the
 image, nor the checked text beyond the rule that matched. Passes are logged at INFO, blocks
 at WARNING; route the logger to its own file to keep the trail.
@@ -13,6 +14,7 @@ import json
 import logging
 from typing import Literal
 
+from imagesynth.safety.guard import GuardVerdict
 from imagesynth.safety.images import Verdict
 from imagesynth.safety.terms import Match
 
@@ -58,8 +60,36 @@ def prompt_checked(
         task_id=task_id,
         request_id=request_id,
         field=field,
+        layer="terms",
+        category=None if match is None else match.category,
         rule=None if match is None else match.rule,
         list=None if match is None else match.source,
+    )
+
+
+def guard_checked(
+    verdict: GuardVerdict,
+    *,
+    blocked: bool,
+    guard: str,
+    field: PromptField = "prompt",
+    task_id: str | None = None,
+    request_id: str | None = None,
+) -> None:
+    """Audit a guard decision: its verdict and categories, or the error that kept it from
+    giving one (the fail policy then decided), and how long it took."""
+    record(
+        "prompt",
+        "block" if blocked else "pass",
+        task_id=task_id,
+        request_id=request_id,
+        field=field,
+        layer="guard",
+        category=",".join(verdict.categories) or None,
+        guard=guard,
+        safety=verdict.safety,
+        error=verdict.error,
+        ms=round(verdict.elapsed * 1000),
     )
 
 

@@ -12,7 +12,8 @@ Stripping separators also joins innocent neighbours, so three rules keep false p
 - Separators inside a match must look like a disguise: every piece between them a single
   letter ("p e n i s", "色 情"), or no whitespace in them ("pe.nis", "nu-de"). Ordinary words
   that happen to spell a term ("the pen is red") do not match. Where the listed term itself has
-  a space ("child porn"), any separator may stand there.
+  a space ("child porn"), any separator may stand there, and each of its words is judged on
+  its own ("make a b o m b").
 
 - Terms written in ASCII match only where they line up with word boundaries of the original
   text: the character before the match is not an ASCII letter or digit, and the one after is
@@ -24,6 +25,12 @@ Stripping separators also joins innocent neighbours, so three rules keep false p
   Chinese clause punctuation (，。、；：！？) or a line break: "特色，情侣" does not make "色情".
   Genuine words that contain a term ("血腥玛丽", "露点温度") belong in the allowed list.
 
+Every blocked term has a category (CATEGORIES): the shipped lists are one file per category and
+language (`terrorism.en.txt`, `terrorism.zh.txt`), and an operator's file puts its terms under
+`[category]` header lines (terms before any header are `custom`). Each match carries its
+category to the audit log, and IMAGESYNTH_SAFETY_CATEGORIES_OFF switches whole categories off
+(never `minors`).
+
 An allowed phrase (shipped list plus IMAGESYNTH_ALLOWED_TERMS_FILE) suppresses every blocked
 match that lies inside one of its occurrences; allowing a term itself turns that term off.
 Negative prompts are checked too, except for the terms in the shipped negative_ok.txt, which
@@ -32,9 +39,10 @@ clients routinely put there to steer away from ("nsfw, nude, lowres").
 
 from __future__ import annotations
 
+import itertools
 import logging
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -45,7 +53,22 @@ from imagesynth.errors import ImageSynthError
 
 log = logging.getLogger("imagesynth.safety")
 
-DEFAULT_BLOCKED = ("blocked_en.txt", "blocked_zh.txt")
+# The shipped categories, each in `<category>.en.txt` and `<category>.zh.txt`.
+CATEGORIES: dict[str, str] = {
+    "sexual": "sexually explicit content",
+    "minors": "sexual content involving minors",
+    "sexual_violence": "rape, sexual assault",
+    "gore": "graphic violence, mutilation",
+    "terrorism": "terrorist attacks, making bombs, explosives or untraceable guns",
+    "hate": "slurs, calls to hate or kill a group",
+    "self_harm": "self-harm, suicide methods, eating-disorder promotion",
+    "drugs": "illegal drugs and their trade",
+    "extremism": "extremist symbols, salutes and slogans",
+}
+LANGUAGES = ("en", "zh")
+# Never switched off: no deployment has a use for sexual content involving minors.
+ALWAYS_ON = frozenset({"minors"})
+CUSTOM = "custom"  # the category of an operator's terms listed before any [category] header
 DEFAULT_ALLOWED = "allowed.txt"
 NEGATIVE_OK = "negative_ok.txt"
 
@@ -62,6 +85,27 @@ class TermsFileError(ImageSynthError):
     """A blocked- or allowed-terms file cannot be read."""
 
 
+class CategoryError(ImageSynthError):
+    """IMAGESYNTH_SAFETY_CATEGORIES_OFF names a category that cannot be switched off."""
+
+
+def category_name(text: str) -> str:
+    """A category as written by an operator or a guard model, in the form used here:
+    lowercase, runs of other characters as "_" ("Suicide & Self-Harm" -> "suicide_self_harm")."""
+    words = "".join(c if c.isalnum() else " " for c in text.casefold()).split()
+    return "_".join(words)
+
+
+def parse_categories(text: str) -> frozenset[str]:
+    """A comma-separated list of categories (IMAGESYNTH_SAFETY_CATEGORIES_OFF), normalized.
+    Raises CategoryError for a category that is always on."""
+    names = frozenset(n for n in (category_name(part) for part in text.split(",")) if n)
+    refused = names & ALWAYS_ON
+    if refused:
+        raise CategoryError(f"category {', '.join(sorted(refused))} cannot be switched off")
+    return names
+
+
 @dataclass(frozen=True)
 class Term:
     """One listed term: as written, where it came from, and its folded letter stream."""
@@ -71,16 +115,19 @@ class Term:
     key: str
     bounded: bool  # ASCII: must align with word boundaries
     breaks: frozenset[int] = frozenset()  # positions in `key` where the term has a space
+    category: str = CUSTOM
 
 
 @dataclass(frozen=True)
 class Match:
-    """A blocked term found in a text: the rule (term as listed), its list, and where."""
+    """A blocked term found in a text: the rule (term as listed), its list, its category, and
+    where."""
 
     rule: str
     source: str
     start: int
     end: int
+    category: str = CUSTOM
 
 
 @lru_cache(maxsize=8192)
@@ -145,13 +192,18 @@ class _Stream:
         return "".join(self.chars[self.at[k - 1] + 1 : self.at[k]])
 
     def _disguise_only(self, term: Term, start: int, end: int) -> bool:
-        inner = [k for k in range(start + 1, end) if k - start not in term.breaks]
-        extra = [k for k in inner if self._gap(k)]
-        return (
-            not extra
-            or len(extra) == len(inner)  # every letter set apart: "n u d e"
-            or not any(c.isspace() for k in extra for c in self._gap(k))  # "nu.de"
-        )
+        # Word by word of the term: "make a b o m b" spells out one word of "make a bomb".
+        cuts = [0, *sorted(term.breaks), end - start]
+        for a, b in itertools.pairwise(cuts):
+            inner = range(start + a + 1, start + b)
+            extra = [k for k in inner if self._gap(k)]
+            if not (
+                not extra
+                or len(extra) == len(inner)  # every letter set apart: "n u d e"
+                or not any(c.isspace() for k in extra for c in self._gap(k))  # "nu.de"
+            ):
+                return False
+        return True
 
     def _aligned(self, start: int, end: int) -> bool:
         first, last = self.at[start], self.at[end - 1]
@@ -167,25 +219,38 @@ class _Stream:
         return self.origin[self.at[start]], self.origin[self.at[end - 1]] + 1
 
 
-def parse_terms(lines: Iterable[str], source: str) -> list[Term]:
-    """Terms from a list: one per line, `#` starts a comment, blank lines ignored. A line that
+def parse_terms(lines: Iterable[str], source: str, category: str = CUSTOM) -> list[Term]:
+    """Terms from a list: one per line, `#` starts a comment, blank lines ignored, a
+    `[category]` line puts the terms after it in that category (else `category`). A line that
     folds to no letters or digits is skipped with a warning."""
     terms = []
     for number, line in enumerate(lines, start=1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
+        if text.startswith("[") and text.endswith("]") and category_name(text[1:-1]):
+            category = category_name(text[1:-1])
+            continue
         key, breaks = _key(text)
         if not key:
             log.warning("%s:%d: term %r has no letters or digits; ignored", source, number, text)
             continue
-        terms.append(Term(text=text, source=source, key=key, bounded=key.isascii(), breaks=breaks))
+        terms.append(
+            Term(
+                text=text,
+                source=source,
+                key=key,
+                bounded=key.isascii(),
+                breaks=breaks,
+                category=category,
+            )
+        )
     return terms
 
 
-def _shipped(name: str) -> list[Term]:
+def _shipped(name: str, category: str = CUSTOM) -> list[Term]:
     lines = resources.files("imagesynth.safety").joinpath("terms", name).read_text("utf-8")
-    return parse_terms(lines.splitlines(), f"default:{name}")
+    return parse_terms(lines.splitlines(), f"default:{name}", category)
 
 
 def _read(path: Path) -> list[Term]:
@@ -196,6 +261,16 @@ def _read(path: Path) -> list[Term]:
     return parse_terms(text.splitlines(), str(path))
 
 
+def shipped_blocked() -> list[Term]:
+    """Every shipped blocked term, each in its category."""
+    return [
+        term
+        for category in CATEGORIES
+        for language in LANGUAGES
+        for term in _shipped(f"{category}.{language}.txt", category)
+    ]
+
+
 class TermFilter:
     """Finds blocked terms in prompts. Immutable once built, so safe to share across threads."""
 
@@ -204,8 +279,15 @@ class TermFilter:
         blocked: Iterable[Term],
         allowed: Iterable[Term] = (),
         negative_ok: Iterable[Term] = (),
+        *,
+        categories_off: Collection[str] = (),
     ) -> None:
-        self.blocked = tuple(blocked)
+        """categories_off: categories whose terms are not checked (see parse_categories)."""
+        off = frozenset(categories_off)
+        if off & ALWAYS_ON:
+            raise CategoryError(f"category {', '.join(sorted(off & ALWAYS_ON))} is always on")
+        self.categories_off = off
+        self.blocked = tuple(t for t in blocked if t.category not in off)
         self.allowed = tuple(allowed)
         self.negative_ok = frozenset(t.key for t in negative_ok)
 
@@ -216,25 +298,32 @@ class TermFilter:
         allowed_file: Path | None = None,
         *,
         defaults: bool = True,
+        categories_off: Collection[str] = (),
     ) -> TermFilter:
         """The shipped lists (unless `defaults` is False) plus the operator's files."""
         blocked: list[Term] = []
         allowed: list[Term] = []
         negative_ok: list[Term] = []
         if defaults:
-            for name in DEFAULT_BLOCKED:
-                blocked += _shipped(name)
+            blocked += shipped_blocked()
             allowed += _shipped(DEFAULT_ALLOWED)
             negative_ok += _shipped(NEGATIVE_OK)
         if blocked_file is not None:
             blocked += _read(blocked_file)
         if allowed_file is not None:
             allowed += _read(allowed_file)
-        return cls(blocked, allowed, negative_ok)
+        known = set(CATEGORIES) | {t.category for t in blocked}
+        for name in sorted(set(categories_off) - known):
+            # Not an error: guard models have categories of their own (safety/guard.py).
+            log.warning("IMAGESYNTH_SAFETY_CATEGORIES_OFF: no blocked term is in %r", name)
+        return cls(blocked, allowed, negative_ok, categories_off=categories_off)
 
     def describe(self) -> str:
+        categories = sorted({t.category for t in self.blocked})
+        off = f", off: {', '.join(sorted(self.categories_off))}" if self.categories_off else ""
         return (
-            f"prompt filter: {len(self.blocked)} blocked terms, {len(self.allowed)} allowed phrases"
+            f"prompt filter: {len(self.blocked)} blocked terms in {len(categories)} categories "
+            f"({', '.join(categories)}{off}), {len(self.allowed)} allowed phrases"
         )
 
     def check(self, text: str, *, negative: bool = False) -> Match | None:
@@ -257,7 +346,10 @@ class TermFilter:
         if best is None:
             return None
         start, end = stream.span(best[0], best[1])
-        return Match(rule=best[2].text, source=best[2].source, start=start, end=end)
+        term = best[2]
+        return Match(
+            rule=term.text, source=term.source, start=start, end=end, category=term.category
+        )
 
     def screen(self, text: str) -> str | None:
         """Why `text` must not be used (its first blocked term), or None: the shape of
@@ -267,6 +359,11 @@ class TermFilter:
 
 
 def build_term_filter(settings: Settings) -> TermFilter:
-    """The shipped lists plus IMAGESYNTH_BLOCKED_TERMS_FILE / IMAGESYNTH_ALLOWED_TERMS_FILE.
-    Raises TermsFileError (at startup) for a file that cannot be read."""
-    return TermFilter.from_files(settings.blocked_terms_file, settings.allowed_terms_file)
+    """The shipped lists plus IMAGESYNTH_BLOCKED_TERMS_FILE / IMAGESYNTH_ALLOWED_TERMS_FILE,
+    less IMAGESYNTH_SAFETY_CATEGORIES_OFF. Raises TermsFileError or CategoryError (at startup)
+    for a file that cannot be read or a category that cannot be switched off."""
+    return TermFilter.from_files(
+        settings.blocked_terms_file,
+        settings.allowed_terms_file,
+        categories_off=parse_categories(settings.safety_categories_off),
+    )

@@ -16,6 +16,7 @@ from imagesynth.errors import DataInspectionFailed, UnsupportedOperation
 from imagesynth.inputs.reference import decode_reference
 from imagesynth.safety import audit
 from imagesynth.safety.audit import PromptField
+from imagesynth.safety.guard import Guard
 from imagesynth.safety.terms import TermFilter
 from imagesynth.storage.blobs import BlobStore
 from imagesynth.storage.png import encode_png
@@ -33,9 +34,12 @@ class TaskService:
         max_attempts: int,
         *,
         term_filter: TermFilter | None = None,
+        guard: Guard | None = None,
         rewrite_prompts: bool = False,
     ) -> None:
         """term_filter: the blocked-term filter every prompt passes before it is queued.
+        guard: a remote guard model asked about every prompt that passed the terms (a local
+        one runs in the workers instead: it needs torch).
         rewrite_prompts: whether a prompt rewriter runs (the prompt stage), so that tasks
         asking for prompt_extend wait for it."""
         self.store = store
@@ -44,6 +48,7 @@ class TaskService:
         self.admission = admission
         self.max_attempts = max_attempts
         self.term_filter = term_filter
+        self.guard = guard
         self.rewrite_prompts = rewrite_prompts
 
     def submit(
@@ -91,19 +96,27 @@ class TaskService:
             raise
 
     def _screen(self, params: GenerationParams, request_id: str) -> None:
-        """400 DataInspectionFailed for a blocked term in the prompt or negative prompt."""
-        if self.term_filter is None:
-            return
-        checks: tuple[tuple[PromptField, str], ...] = (
-            ("prompt", params.prompt),
-            ("negative_prompt", params.negative_prompt),
-        )
-        for field, text in checks:
-            if not text:
-                continue
-            match = self.term_filter.check(text, negative=field == "negative_prompt")
-            audit.prompt_checked(match, field=field, request_id=request_id)
-            if match is not None:
+        """400 DataInspectionFailed for a blocked term in the prompt or negative prompt, then
+        for a prompt the guard blocks. The guard sees the prompt only: negative prompts name
+        what to steer away from ("gore, nude"), which a guard would call unsafe."""
+        if self.term_filter is not None:
+            checks: tuple[tuple[PromptField, str], ...] = (
+                ("prompt", params.prompt),
+                ("negative_prompt", params.negative_prompt),
+            )
+            for field, text in checks:
+                if not text:
+                    continue
+                match = self.term_filter.check(text, negative=field == "negative_prompt")
+                audit.prompt_checked(match, field=field, request_id=request_id)
+                if match is not None:
+                    raise DataInspectionFailed()
+        if self.guard is not None and params.prompt:
+            verdict, blocked = self.guard.check(params.prompt)
+            audit.guard_checked(
+                verdict, blocked=blocked, guard=self.guard.model.name, request_id=request_id
+            )
+            if blocked:
                 raise DataInspectionFailed()
 
     def get(self, key: ApiKey, task_id: str) -> Task | None:

@@ -28,6 +28,7 @@ from imagesynth.labels import visible
 from imagesynth.labels.aigc import ImageLabel
 from imagesynth.labels.labeler import Labeler
 from imagesynth.safety import audit
+from imagesynth.safety.guard import Guard
 from imagesynth.safety.images import ImageClassifier, NoImageClassifier, Verdict
 from imagesynth.storage.blobs import BlobStore
 from imagesynth.tasks.models import ImageResult, Task
@@ -97,7 +98,10 @@ class Worker:
         worker_id: str | None = None,
         labeler: Labeler | None = None,
         classifier: ImageClassifier | None = None,
+        guard: Guard | None = None,
     ) -> None:
+        """guard: a local guard model asked about each task's prompt before generation (a
+        remote one screens at submit instead)."""
         self.queue = queue
         self.blobs = blobs
         self.catalog = catalog
@@ -109,6 +113,7 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.labeler = labeler or Labeler()
         self.classifier: ImageClassifier = classifier or NoImageClassifier()
+        self.guard = guard
         self._cancel_requested: set[str] = set()
         self._stop = threading.Event()
 
@@ -119,6 +124,13 @@ class Worker:
         (offline, once per home)."""
         log.info(self.classifier.describe())
         self.classifier.load()
+        if self.guard is not None:
+            log.info(self.guard.model.describe())
+            try:
+                self.guard.model.load()
+            except Exception:
+                # Its verdicts are errors from now on; IMAGESYNTH_GUARD_FAIL decides them.
+                log.exception("prompt guard failed to load")
         demo = [m for m in self.models if self.catalog.get(m).is_demo]
         if not demo:
             return
@@ -184,6 +196,14 @@ class Worker:
         attempt = task.attempts
         log.info("task %s attempt %d: %s started", task.id, attempt, task.model)
         started = time.monotonic()
+        if self._guard_blocks(task):
+            self._finish(
+                task,
+                TaskStatus.FAILED,
+                error_code=FailureCode.DATA_INSPECTION,
+                error_message=FailureCode.DATA_INSPECTION.message,
+            )
+            return
         try:
             spec = self.catalog.get(task.model)
             engine = self.engines.for_model(spec)
@@ -224,6 +244,23 @@ class Worker:
                 time.monotonic() - started,
                 generated - started,
             )
+
+    def _guard_blocks(self, task: Task) -> bool:
+        """Whether the guard blocks the task's prompt: the user's, and the rewrite the
+        pipeline would get when prompt_extend changed it. Before any engine is touched."""
+        if self.guard is None:
+            return False
+        prompts = dict.fromkeys([task.params.prompt, task.effective_prompt])
+        for text in prompts:
+            if not text:
+                continue
+            verdict, blocked = self.guard.check(text)
+            audit.guard_checked(
+                verdict, blocked=blocked, guard=self.guard.model.name, task_id=task.id
+            )
+            if blocked:
+                return True
+        return False
 
     def _store(self, task: Task, spec: ModelSpec, index: int, image: Image.Image) -> ImageResult:
         """Check, label and store image `index`; its result slot."""
