@@ -3,6 +3,7 @@ about HTTP behaviour that need the service's objects at hand (no worker runs).""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ from imagesynth.api.app import create_app
 from imagesynth.api.context import Services
 from imagesynth.config import Settings
 from imagesynth.runtime import Runtime
+from tests.integration.conftest import Home
 
 
 @dataclass
@@ -37,6 +39,15 @@ class LocalApi:
         return httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30
         )
+
+
+def api_home(path: Path, **settings: str) -> Home:
+    """A home for an API-only `imagesynth serve --no-worker` subprocess: no demo weights, as
+    no worker runs there; keyword arguments become IMAGESYNTH_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGESYNTH_", "DASHSCOPE_"))}
+    env.update({"IMAGESYNTH_HOME": str(path), "HF_HUB_OFFLINE": "1"})
+    env.update({f"IMAGESYNTH_{k.upper()}": v for k, v in settings.items()})
+    return Home(path, env)
 
 
 @contextmanager

@@ -9,7 +9,6 @@ it starts at ~700 MB with torch and the engine loaded, which makes it a poor pla
 from __future__ import annotations
 
 import io
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from imagesynth.inputs.reference import STORED_MIN_SIDE
-from tests.integration.conftest import SUBMIT_PATH, Home, Launcher, Server
+from tests.integration.conftest import SUBMIT_PATH, Launcher, Server
+from tests.integration.local_server import api_home
 from tests.integration.test_reference import RELAY_HOST, FileServer
 
 CONCURRENT = 10
@@ -82,23 +82,12 @@ def stored_reference_sizes(home: Path) -> list[tuple[int, int]]:
     return sizes
 
 
-def api_home(tmp_path: Path) -> Home:
-    """A home for an API-only process: no demo weights needed, since no worker runs there."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGESYNTH_", "DASHSCOPE_"))}
-    env.update(
-        {
-            "IMAGESYNTH_HOME": str(tmp_path),
-            "IMAGESYNTH_FETCH_ALLOW_NETWORKS": f"{RELAY_HOST}/32",
-            "HF_HUB_OFFLINE": "1",
-        }
-    )
-    return Home(tmp_path, env)
-
-
 def test_api_only_process_stays_small(tmp_path: Path, relay: FileServer) -> None:
     launcher = Launcher(lambda: None)  # type: ignore[arg-type,return-value]
     try:
-        server = launcher(home=api_home(tmp_path), worker=False)
+        server = launcher(
+            home=api_home(tmp_path, fetch_allow_networks=f"{RELAY_HOST}/32"), worker=False
+        )
         pid = server.proc.popen.pid
         before = memory_mb(pid)
         started = time.monotonic()
