@@ -2,9 +2,10 @@
 references (a 68 KB PNG each, ~48 MB once decoded) are checked from the header, decoded a
 bounded number at a time and stored shrunk, in a real `imagesynth serve --no-worker` process.
 
-(The in-process topology, `imagesynth serve` with its worker, was measured the same way once:
-it starts at ~700 MB with torch and the engine loaded, which makes it a poor place for a
-300 MB bound, and takes ~40 s; see README "Limits" for the figures.)"""
+(The in-process topology, `imagesynth serve` with its worker, was measured the same way once,
+after a warm-up task: ~700 MB with torch and the engine loaded, +60 MB at the peak of the ten
+submissions, against +1.5 GB, all of it kept, before decoding was bounded. It takes ~40 s, too
+long to run with every test.)"""
 
 from __future__ import annotations
 
