@@ -51,6 +51,12 @@ class Settings(BaseSettings):
         "private (e.g. an intranet image host). Empty: public addresses only.",
     )
     upload_ttl_seconds: int = Field(default=48 * 3600, ge=60)
+    max_reference_decodes: int = Field(
+        default=2,
+        ge=1,
+        description="Reference images decoded at once per API process (each needs up to "
+        "~64 MB while it is decoded); further submissions wait their turn.",
+    )
     max_pending_per_key: int = Field(
         default=100, ge=1, description="Tasks one key may have waiting (429 beyond it)."
     )

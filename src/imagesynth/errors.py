@@ -97,6 +97,10 @@ class InputTooLarge(ImageSynthError):
     """The input file is too large."""
 
 
+class ObjectExists(ImageSynthError):
+    """The object already exists and the upload forbids overwriting it."""
+
+
 class Throttled(ImageSynthError):
     """Requests throttling triggered."""
 

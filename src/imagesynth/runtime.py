@@ -27,6 +27,7 @@ from imagesynth.catalog import Catalog
 from imagesynth.config import Settings
 from imagesynth.db import SqlStores
 from imagesynth.inputs.fetch import FetchPolicy, parse_networks
+from imagesynth.inputs.reference import ReferenceDecoder
 from imagesynth.inputs.uploads import UploadSigner
 from imagesynth.prompts.factory import build_rewriter, rewriter_kind
 from imagesynth.prompts.rewriter import PromptRewriter
@@ -160,6 +161,7 @@ class Runtime:
                 # Tasks wait for the prompt stage wherever it runs (an API process or a
                 # worker): only the configuration says whether there is one.
                 rewrite_prompts=self.rewriter_kind != "none",
+                references=ReferenceDecoder(s.max_reference_decodes),
             ),
             keys=keys,
             blobs=self.blobs,

@@ -229,3 +229,34 @@ def test_blob_store_refuses_keys_that_could_leave_its_root(
 
     assert (tmp_path / "x").read_bytes() == b"outside"
     assert [p for p in blobs.root.rglob("*") if p.is_file()] == []
+
+
+def test_only_the_signed_spelling_of_a_request_verifies(signer: UrlSigner) -> None:
+    url = signer.sign(PATH)
+    path, query = url.split("?")
+    assert signer.verify_request(path, query) == PATH
+    expires, signature = (pair.split("=", 1)[1] for pair in query.split("&"))
+    for raw_path in (
+        PATH.replace("0.png", "0%2Epng"),
+        PATH.replace("0.png", "0%2epng"),
+        PATH.replace("/1/", "%2F1/"),
+        PATH.replace("/files/", "/%66iles/"),
+        PATH + "%ff",
+    ):
+        with pytest.raises(SignatureInvalid, match="form it was signed in"):
+            signer.verify_request(raw_path, query)
+    for raw_query in (
+        f"Expires={expires}&Expires={expires}&Signature={signature}",
+        f"Expires={expires}&Signature={signature}&Signature={signature}",
+        f"Expires={expires}&Signature={signature}&Expires=9{expires}",
+    ):
+        with pytest.raises(SignatureInvalid, match="repeats"):
+            signer.verify_request(path, raw_query)
+    for raw_query in (
+        f"%45xpires={expires}&Signature={signature}",
+        f"Expires={expires}&Signatur%65={signature}",
+        f"Expires=%3{expires[0]}{expires[1:]}&Signature={signature}",
+        f"Expires={expires}&Signature=+{signature}",
+    ):
+        with pytest.raises(SignatureInvalid, match="form it was signed in"):
+            signer.verify_request(path, raw_query)

@@ -167,3 +167,23 @@ def test_an_engine_that_cannot_stop_still_ends_a_cancelled_task_cancelled(rig: R
     assert engine.calls == 1  # the call ran to its end ...
     assert rig.get(task.id).status is TaskStatus.CANCELED  # ... and its images were dropped
     assert rig.files() == []
+
+
+def test_a_rerun_that_finishes_deletes_the_files_of_earlier_attempts(rig: Rig) -> None:
+    task_id = "7d0c3f7e-0000-4000-8000-000000000001"
+    reference = io.BytesIO()
+    Image.new("RGB", (300, 300), "red").save(reference, format="PNG")
+    rig.blobs.put(f"{task_id}/input/ref.png", reference.getvalue())
+    params = CATALOG.get("wanx-v1").validate(
+        prompt="a still life", size="720*1280", n=1, ref_mode="repaint", ref_strength=0.5
+    )
+    params = dataclasses.replace(params, ref_image_key=f"{task_id}/input/ref.png")
+    rig.queue.add("key-a", "wanx-v1", params, task_id=task_id)
+    # Attempt 1's worker wrote an image and died; the reaper handed the task on.
+    rig.claim(lease=-1.0)
+    rig.blobs.put(f"{task_id}/1/0.png", b"written by a worker that then died")
+    rig.queue.reap_expired_leases()
+    assert rig.worker.run_once() is True
+    done = rig.get(task_id)
+    assert (done.status, done.attempts) == (TaskStatus.SUCCEEDED, 2)
+    assert rig.files() == [f"{task_id}/2/0.png", f"{task_id}/input/ref.png"]

@@ -38,6 +38,7 @@ ERRORS: dict[type[errors.ImageSynthError], tuple[int, str]] = {
     errors.FileDownloadFailed: (400, "InvalidParameter.FileDownload"),
     errors.UnsupportedFileFormat: (400, "BadRequest.UnsupportedFileFormat"),
     errors.InputTooLarge: (413, "BadRequest.TooLarge"),
+    errors.ObjectExists: (409, "FileAlreadyExists"),  # OSS's answer, on the upload host
     errors.Throttled: (429, "Throttling"),
     errors.RateQuotaExceeded: (429, "Throttling.RateQuota"),
     errors.AllocationQuotaExceeded: (429, "Throttling.AllocationQuota"),

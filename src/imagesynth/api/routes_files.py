@@ -3,22 +3,37 @@ as with DashScope's OSS links)."""
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from imagesynth.api.context import services_of
-from imagesynth.errors import ResourceNotFound
+from imagesynth.errors import ResourceNotFound, SignatureInvalid
 
 router = APIRouter()
+
+
+def _raw_path(request: Request) -> str:
+    """The request's path as it was sent (percent-escapes intact), below any root path."""
+    raw = request.scope.get("raw_path")
+    if raw is None:  # a server that doesn't pass it on: as decoded, in canonical spelling
+        return quote(request.url.path)
+    text = bytes(raw).decode("latin-1")
+    root = request.scope.get("root_path", "")
+    return text[len(root) :] if root and text.startswith(root) else text
 
 
 @router.get("/files/{key:path}")
 async def get_file(request: Request, key: str) -> Response:
     svc = services_of(request)
-    svc.signer.verify(
-        f"/files/{key}", request.query_params.get("Expires"), request.query_params.get("Signature")
+    # Verified on the request as sent, so each signed URL has exactly one accepted spelling.
+    path = svc.signer.verify_request(
+        _raw_path(request), request.scope.get("query_string", b"").decode("latin-1")
     )
+    if path != f"/files/{key}":
+        raise SignatureInvalid("The URL is not in the form it was signed in.")
     data = await run_in_threadpool(svc.blobs.read, key)
     if data is None:
         raise ResourceNotFound("The file does not exist or has expired.")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
+from starlette.concurrency import run_in_threadpool
 
 from imagesynth.api.context import (
     authenticate,
@@ -14,8 +13,9 @@ from imagesynth.api.context import (
     request_id_of,
     services_of,
 )
+from imagesynth.api.upload_form import UploadFormParser
 from imagesynth.errors import InputTooLarge, InvalidParameter
-from imagesynth.inputs.uploads import blob_key_for
+from imagesynth.inputs.uploads import UploadPolicy, store_upload
 
 router = APIRouter()
 
@@ -36,29 +36,37 @@ async def get_policy(request: Request) -> dict[str, Any]:
 
 @router.post(UPLOAD_HOST_PATH)
 async def upload(request: Request) -> dict[str, Any]:
+    """The OSS-style form post. The policy is checked from the fields that precede the file,
+    before a byte of the file is kept; the body is capped as it streams; nothing is written
+    until the whole form is in and authorised (api/upload_form.py)."""
     svc = services_of(request)
     limit = svc.uploads.max_bytes
+    budget = limit + _FORM_OVERHEAD_BYTES
+    too_large = InputTooLarge(f"Uploads are at most {limit // (1024 * 1024)} MB.")
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + _FORM_OVERHEAD_BYTES:
-        raise InputTooLarge(f"Uploads are at most {limit // (1024 * 1024)} MB.")
-    try:
-        form = await request.form(max_files=1, max_fields=20, max_part_size=limit + 1)
-    except MultiPartException as exc:
-        raise InvalidParameter(f"Malformed upload form: {exc.message}") from None
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    file = form.get("file")
-    if not isinstance(file, UploadFile):
-        raise InvalidParameter("The upload form has no file.")
-    for name in ("policy", "Signature", "key"):
-        if not fields.get(name):
-            raise InvalidParameter(f"The upload form lacks {name}.")
-    policy = svc.uploads.verify(fields["policy"], fields["Signature"])
-    object_key = fields["key"]
-    name = object_key.removeprefix(policy.upload_dir + "/")
-    if name == object_key or not name or "/" in name:
-        raise InvalidParameter("key must be <upload_dir>/<file name> from the policy.")
-    data = await file.read(limit + 1)
-    if len(data) > policy.max_bytes:
-        raise InputTooLarge(f"Uploads are at most {policy.max_bytes // (1024 * 1024)} MB.")
-    svc.blobs.put(blob_key_for(object_key), data)
+    if declared and declared.isdigit() and int(declared) > budget:
+        raise too_large
+    authorised: list[tuple[UploadPolicy, str]] = []
+
+    def authorise(fields: dict[str, str]) -> int:
+        for name in ("policy", "Signature", "key"):
+            if not fields.get(name):
+                raise InvalidParameter(f"The upload form lacks {name} (before the file).")
+        policy = svc.uploads.verify(fields["policy"], fields["Signature"])
+        authorised.append((policy, policy.object_key(fields["key"])))
+        return min(policy.max_bytes, limit)
+
+    parser = UploadFormParser(request.headers.get("content-type"), authorise)
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > budget:
+            raise too_large
+        parser.feed(chunk)
+    form = parser.finish()
+    policy, object_key = authorised[0]
+    if form.fields.get("key") != object_key:
+        raise InvalidParameter("The upload form names its key twice.")
+    forbid = form.fields.get("x-oss-forbid-overwrite", "").strip().lower() == "true"
+    await run_in_threadpool(store_upload, svc.blobs, policy, object_key, form.file, forbid)
     return {"request_id": request_id_of(request)}

@@ -4,8 +4,18 @@ Every TCP connection (the first and each redirect's) goes through a network back
 resolves the host itself, refuses the connection if any resolved address is not public
 (private, loopback, link-local, multicast, reserved, ...), and then connects to the address it
 checked, so a DNS answer that changes between the check and the connect (rebinding) can't
-slip through. TLS still verifies the certificate against the original host name. Size and time
-are capped while streaming.
+slip through. An IPv6 address that carries an IPv4 one (IPv4-mapped, IPv4-compatible,
+IPv4-translated, NAT64, 6to4) is judged by the IPv4 address it reaches; IPv6 ranges whose
+destination can't be told from the address (local-use NAT64, Teredo, site-local) are refused.
+TLS still verifies the certificate against the original host name. Size and time are capped
+while streaming.
+
+URLs must be ASCII, as DashScope asks ("no Chinese characters in the URL"): a path or query
+with other characters must be percent-encoded by the caller, and is refused otherwise. The one
+exception is an internationalised domain name, which is mapped and encoded as browsers do
+(UTS #46, then IDNA 2008 to its `xn--` A-labels): a host that has non-ASCII characters must
+come out with at least one A-label, so ASCII or an IP address in disguise (full-width or
+circled digits, full-width dots: `１２７．０．０．１`, `①②⑦.0.0.1`) is refused, not mapped.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpcore
+import idna
 
 from imagesynth.errors import FileDownloadFailed, InputTooLarge, InvalidURL
 
@@ -40,11 +51,47 @@ def parse_networks(text: str) -> tuple[IPNetwork, ...]:
     )
 
 
+# IPv6 ranges whose low 32 bits are the IPv4 address a connection ends up at.
+_LOW_32_BITS_IPV4 = tuple(
+    ipaddress.IPv6Network(net)
+    for net in (
+        "::/96",  # IPv4-compatible (deprecated, RFC 4291): ::7f00:1 is 127.0.0.1
+        "::ffff:0:0:0/96",  # IPv4-translated (SIIT, RFC 2765)
+        "64:ff9b::/96",  # NAT64 well-known prefix (RFC 6052): DNS64 hands these out
+    )
+)
+# IPv6 ranges refused whatever they carry: where they lead can't be told from the address.
+_NEVER_FETCHED = tuple(
+    ipaddress.IPv6Network(net)
+    for net in (
+        "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215): the operator places the IPv4 anywhere
+        "2001::/32",  # Teredo: a tunnel whose far end is an obfuscated IPv4 address
+        "fec0::/10",  # site-local (deprecated, RFC 3879), still routed to the local site
+    )
+)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, compatible, translated, NAT64,
+    6to4), or None."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in net for net in _LOW_32_BITS_IPV4):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    return None
+
+
 def is_fetchable(ip: IPAddress, allow: Sequence[IPNetwork] = ()) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     if any(ip in net for net in allow):
         return True
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = embedded_ipv4(ip)
+        if inner is not None:
+            return is_fetchable(inner, allow)
+        if any(ip in net for net in _NEVER_FETCHED):
+            return False
     return ip.is_global and not ip.is_multicast
 
 
@@ -100,12 +147,42 @@ class FetchPolicy:
     allow: tuple[IPNetwork, ...] = ()
 
 
-def _check_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+def _ascii_host(host: str) -> str:
+    """An internationalised host name as its A-labels; anything else non-ASCII is refused."""
+    try:
+        encoded = idna.encode(host, uts46=True, std3_rules=True).decode("ascii")
+    except idna.IDNAError:
+        raise InvalidURL("The URL's host is not a valid internationalised domain name.") from None
+    if not any(label.startswith("xn--") for label in encoded.split(".")):
+        # Only ASCII after mapping: an ASCII name or an IP address written in look-alikes.
+        raise InvalidURL("Write the URL's host in ASCII (it maps to an ASCII host name).")
+    return encoded
+
+
+def checked_url(url: str) -> str:
+    """The URL as it is requested: http(s), no credentials, ASCII (an IDN host encoded)."""
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise InvalidURL("The URL contains spaces or control characters; percent-encode them.")
+    try:
+        parts = urlsplit(url)
+        hostname, port = parts.hostname, parts.port
+    except ValueError:
+        raise InvalidURL(f"The URL is malformed: {url[:200]!r}.") from None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise InvalidURL(f"Only http(s) URLs can be fetched; got {url[:200]!r}.")
-    if parts.username or parts.password:
+    if parts.username or parts.password or "@" in parts.netloc:
         raise InvalidURL("URLs with credentials are not fetched.")
+    rest = parts._replace(scheme="", netloc="").geturl()
+    if not rest.isascii():
+        raise InvalidURL(
+            "The URL's path or query has non-ASCII characters; percent-encode them "
+            "(e.g. %E7%8C%AB for 猫)."
+        )
+    if hostname.isascii():
+        return url
+    host = _ascii_host(hostname)
+    netloc = host if port is None else f"{host}:{port}"
+    return parts._replace(netloc=netloc).geturl()
 
 
 def fetch(url: str, policy: FetchPolicy) -> bytes:
@@ -113,7 +190,7 @@ def fetch(url: str, policy: FetchPolicy) -> bytes:
     deadline = time.monotonic() + policy.timeout_seconds
     with httpcore.ConnectionPool(network_backend=_GuardedBackend(policy.allow)) as pool:
         for _ in range(MAX_REDIRECTS + 1):
-            _check_url(url)
+            url = checked_url(url)
             remaining = max(deadline - time.monotonic(), 0.001)
             timeouts = {
                 "connect": remaining,

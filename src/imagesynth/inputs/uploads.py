@@ -5,6 +5,12 @@ folder of its own; the SDK posts the file to the upload host with that policy (n
 with OSS), then sends `oss://<folder>/<name>` as the input. The policy is HMAC-signed with the
 service's secret, so it can't be forged, widened to another folder, or used after it expires;
 files land under the key's own prefix, so one key can never name another key's upload.
+
+A policy is for one object. The SDK asks for it before it knows the file's name (getPolicy
+carries only the model) and names the object `<folder>/<basename>` itself, so the policy
+can't name the key in advance: the first upload under a policy binds it to that key, and the
+policy refuses any other. It also says `x-oss-forbid-overwrite: true`, and means it: an object
+once uploaded is never replaced (409 FileAlreadyExists), whatever the form says.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from imagesynth.errors import AccessDenied, InvalidURL
+from imagesynth.errors import AccessDenied, InvalidParameter, InvalidURL, ObjectExists
+from imagesynth.storage.blobs import BlobStore
 
 OSS_SCHEME = "oss://"
 UPLOAD_ROOT = "imagesynth-uploads"
+UPLOAD_ROOT_BLOBS = "uploads"  # where uploads live in the blob store (maintenance expires it)
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,14 @@ class UploadPolicy:
     upload_dir: str
     expires: int
     max_bytes: int
+    forbid_overwrite: bool = True
+
+    def object_key(self, key: str) -> str:
+        """`key` if it names one object directly in this policy's folder."""
+        name = key.removeprefix(self.upload_dir + "/")
+        if name == key or not name or "/" in name:
+            raise InvalidParameter("key must be <upload_dir>/<file name> from the policy.")
+        return key
 
 
 class UploadSigner:
@@ -49,6 +65,7 @@ class UploadSigner:
             "upload_dir": upload_dir,
             "expires": int(time.time()) + self.ttl_seconds,
             "max_bytes": self.max_bytes,
+            "forbid_overwrite": True,
         }
         policy = base64.b64encode(json.dumps(body).encode()).decode()
         return {
@@ -73,10 +90,27 @@ class UploadSigner:
             upload_dir=str(body["upload_dir"]),
             expires=int(body["expires"]),
             max_bytes=int(body["max_bytes"]),
+            forbid_overwrite=bool(body.get("forbid_overwrite", True)),
         )
         if parsed.expires < time.time():
             raise AccessDenied("The upload policy has expired.")
         return parsed
+
+
+def store_upload(
+    blobs: BlobStore, policy: UploadPolicy, oss_key: str, data: bytes, forbid_overwrite: bool
+) -> None:
+    """Store an authorised upload: the first object of its policy (which binds the policy to
+    it), and never over an existing one when overwriting is forbidden."""
+    claim = f"{UPLOAD_ROOT_BLOBS}/{policy.key_id}/policy-{policy.upload_dir.rsplit('/', 1)[-1]}"
+    if not blobs.put_new(claim, oss_key.encode()) and blobs.read(claim) != oss_key.encode():
+        raise AccessDenied("This upload policy is for one object; get a new policy per file.")
+    blob_key = blob_key_for(oss_key)
+    if forbid_overwrite or policy.forbid_overwrite:
+        if not blobs.put_new(blob_key, data):
+            raise ObjectExists()
+    else:
+        blobs.put(blob_key, data)
 
 
 def blob_key_for(oss_key: str) -> str:
@@ -86,7 +120,7 @@ def blob_key_for(oss_key: str) -> str:
     if len(parts) < 4 or parts[0] != UPLOAD_ROOT:
         raise InvalidURL("The oss:// URL does not name an upload of this service.")
     digest = hashlib.sha256(oss_key.encode()).hexdigest()[:40]
-    return f"uploads/{parts[1]}/{digest}"
+    return f"{UPLOAD_ROOT_BLOBS}/{parts[1]}/{digest}"
 
 
 def owned_blob_key(url: str, key_id: str) -> str:

@@ -20,6 +20,11 @@ class BlobStore(Protocol):
         """Write atomically: a reader sees the whole blob or none."""
         ...
 
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Write atomically unless a blob already exists under `key` (then leave it as it is);
+        whether this call wrote it. Of several racing calls exactly one writes."""
+        ...
+
     def read(self, key: str) -> bytes | None:
         """The blob's bytes, or None if there is none (or the key is not a valid key)."""
         ...

@@ -1,7 +1,10 @@
 """Signed, expiring URLs for result files: HMAC-SHA256 over the path and the expiry time.
 
 The signature covers the exact path and Expires value, so changing either (or the signature
-itself) makes the URL invalid; comparison is constant-time.
+itself) makes the URL invalid; comparison is constant-time. A URL is accepted only in the one
+spelling sign() writes (`verify_request`): no percent-escape a signed path doesn't need (`%2E`
+for `.`, `%2F` for `/`), no escaped or repeated Expires or Signature, so that one link can't
+be passed off under another spelling (to a cache, a log filter, a deny list).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import secrets
 import time
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 from imagesynth.errors import SignatureInvalid
 
@@ -41,6 +45,38 @@ def load_or_create_secret(path: Path) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
+SIGNATURE_PARAMS = ("Expires", "Signature")
+
+
+def canonical_path(raw_path: str) -> str:
+    """The path a request names, if `raw_path` (as sent, still percent-encoded) is its one
+    canonical spelling: escapes exactly where a character needs one, as quote() writes them."""
+    try:
+        path = unquote(raw_path, errors="strict")
+    except UnicodeDecodeError:
+        raise SignatureInvalid("The URL is not in the form it was signed in.") from None
+    if quote(path) != raw_path:
+        raise SignatureInvalid("The URL is not in the form it was signed in.")
+    return path
+
+
+def signature_params(raw_query: str) -> dict[str, str]:
+    """Expires and Signature from a raw query string, each at most once and unescaped (the
+    only way sign() writes them); other parameters are not signed and are ignored."""
+    found: dict[str, str] = {}
+    for pair in raw_query.split("&"):
+        raw_name, _, raw_value = pair.partition("=")
+        name = unquote(raw_name.replace("+", " "))
+        if name not in SIGNATURE_PARAMS:
+            continue
+        if raw_name != name or "%" in raw_value or "+" in raw_value:
+            raise SignatureInvalid("The URL is not in the form it was signed in.")
+        if name in found:
+            raise SignatureInvalid(f"The URL repeats {name}.")
+        found[name] = raw_value
+    return found
+
+
 class UrlSigner:
     def __init__(self, secret: bytes, ttl_seconds: int) -> None:
         self._secret = secret
@@ -57,6 +93,14 @@ class UrlSigner:
         # Rounded up: a link is never valid for less than the TTL.
         expires = math.ceil((time.time() if now is None else now) + ttl)
         return f"{path}?Expires={expires}&Signature={self._signature(path, expires)}"
+
+    def verify_request(self, raw_path: str, raw_query: str) -> str:
+        """Check a request for a signed URL as it arrived (path still percent-encoded, query
+        string unparsed); the path it names."""
+        path = canonical_path(raw_path)
+        params = signature_params(raw_query)
+        self.verify(path, params.get("Expires"), params.get("Signature"))
+        return path
 
     def verify(self, path: str, expires: str | None, signature: str | None) -> None:
         if not expires or not signature or not expires.isdigit():

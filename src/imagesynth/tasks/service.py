@@ -13,13 +13,12 @@ from imagesynth.accounts.models import ApiKey
 from imagesynth.catalog import Catalog
 from imagesynth.domain import GenerationParams, TaskStatus
 from imagesynth.errors import DataInspectionFailed, UnsupportedOperation
-from imagesynth.inputs.reference import decode_reference
+from imagesynth.inputs.reference import ReferenceDecoder
 from imagesynth.safety import audit
 from imagesynth.safety.audit import PromptField
 from imagesynth.safety.guard import Guard
 from imagesynth.safety.terms import TermFilter
 from imagesynth.storage.blobs import BlobStore
-from imagesynth.storage.png import encode_png
 from imagesynth.tasks.models import Task, TaskFilter
 from imagesynth.tasks.ports import TaskStore
 
@@ -36,12 +35,14 @@ class TaskService:
         term_filter: TermFilter | None = None,
         guard: Guard | None = None,
         rewrite_prompts: bool = False,
+        references: ReferenceDecoder | None = None,
     ) -> None:
         """term_filter: the blocked-term filter every prompt passes before it is queued.
         guard: a remote guard model asked about every prompt that passed the terms (a local
         one runs in the workers instead: it needs torch).
         rewrite_prompts: whether a prompt rewriter runs (the prompt stage), so that tasks
-        asking for prompt_extend wait for it."""
+        asking for prompt_extend wait for it. references: decodes reference images, a
+        bounded number at a time (default 2)."""
         self.store = store
         self.blobs = blobs
         self.catalog = catalog
@@ -50,6 +51,7 @@ class TaskService:
         self.term_filter = term_filter
         self.guard = guard
         self.rewrite_prompts = rewrite_prompts
+        self.references = references or ReferenceDecoder(2)
 
     def submit(
         self,
@@ -72,9 +74,8 @@ class TaskService:
         self._screen(params, request_id)
         task_id = str(uuid.uuid4())
         if reference is not None and params.ref_mode is not None:
-            image = decode_reference(reference())
             ref_key = f"{task_id}/input/ref.png"
-            self.blobs.put(ref_key, encode_png(image))
+            self.blobs.put(ref_key, self.references.stored_png(reference()))
             params = dataclasses.replace(params, ref_image_key=ref_key)
         terms = self.admission.terms(key, spec)
         try:

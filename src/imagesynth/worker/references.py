@@ -7,7 +7,7 @@ import io
 
 from PIL import Image
 
-from imagesynth.inputs.reference import cover, style_only
+from imagesynth.inputs.reference import cover, load_bounded, style_only
 
 
 class ReferenceMissing(FileNotFoundError):
@@ -17,8 +17,9 @@ class ReferenceMissing(FileNotFoundError):
 def _open(data: bytes | None) -> Image.Image:
     if data is None:
         raise ReferenceMissing("the task's reference image is gone")
-    with Image.open(io.BytesIO(data)) as stored:
-        return stored.convert("RGB")
+    # Stored references are already bounded; one stored before they were is bounded here,
+    # so a worker never holds more than a bounded image per task either.
+    return load_bounded(Image.open(io.BytesIO(data)))
 
 
 def reference_start(

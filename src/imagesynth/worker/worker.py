@@ -310,7 +310,13 @@ class Worker:
             # The lease ran out and the task went to another attempt: ours is void.
             log.warning("task %s attempt %d lost its lease; discarding", task.id, task.attempts)
             self.blobs.delete_prefix(f"{task.id}/{task.attempts}")
-        return done
+            return False
+        # Ours is the attempt that counts. Earlier ones (a worker that died, or one that
+        # stalled past its lease and may still be writing) left files no result points at:
+        # delete them now rather than at retention. `<task>/input/` is the task's own.
+        for earlier in range(1, task.attempts):
+            self.blobs.delete_prefix(f"{task.id}/{earlier}")
+        return True
 
     def _batch(self, task: Task, spec: ModelSpec) -> GenerationBatch:
         p = task.params
