@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from imagesynth.accounts.admin import AdminService
-from imagesynth.api.context import read_json_object, request_id_of, services_of
+from imagesynth.api.context import query_text, read_json_object, request_id_of, services_of
 from imagesynth.errors import InvalidParameter
 
 router = APIRouter(prefix="/admin/v1")
@@ -67,14 +67,13 @@ async def revoke_key(request: Request, ref: str) -> dict[str, Any]:
 @router.get("/usage")
 async def usage(request: Request) -> dict[str, Any]:
     admin = await _admin(request)
-    q = request.query_params
     rows = await run_in_threadpool(
         functools.partial(
             admin.usage,
-            key=q.get("key") or None,
-            model=q.get("model") or None,
-            since=q.get("since") or None,
-            by=q.get("by") or None,
+            key=query_text(request, "key"),
+            model=query_text(request, "model"),
+            since=query_text(request, "since"),
+            by=query_text(request, "by"),
         )
     )
     currency = admin.catalog.billing.currency

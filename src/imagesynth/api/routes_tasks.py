@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from imagesynth.api.context import (
     authenticate,
     is_async,
+    query_text,
     read_json_object,
     request_id_of,
     services_of,
@@ -26,7 +27,7 @@ from imagesynth.api.schemas import (
     unknown_task_reply,
 )
 from imagesynth.api.sync_wait import wait_for_end
-from imagesynth.domain import TaskStatus
+from imagesynth.domain import TaskStatus, parse_digits
 from imagesynth.errors import AccessDenied, InvalidParameter
 from imagesynth.tasks.models import Task, TaskFilter
 
@@ -87,9 +88,14 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise InvalidParameter(f"{name} must be an integer in [{low}, {high}]; got {raw!r}")
-    return int(raw)
+    try:
+        value = parse_digits(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
+        raise InvalidParameter(f"{name} must be an integer in [{low}, {high}]; got {shown!r}")
+    return value
 
 
 def _time_param(request: Request, name: str) -> float | None:
@@ -122,9 +128,9 @@ def _list_filter(request: Request) -> TaskFilter:
         # Timestamps are whole seconds: include the whole last second.
         start=start,
         end=end + 0.999,
-        model=request.query_params.get("model_name") or None,
+        model=query_text(request, "model_name"),
         status=TaskStatus(status) if status else None,
-        task_id=request.query_params.get("task_id") or None,
+        task_id=query_text(request, "task_id"),
         workspace=request.headers.get("x-dashscope-workspace"),
     )
 

@@ -10,6 +10,7 @@ from starlette.formparsers import MultiPartException
 
 from imagesynth.api.context import (
     authenticate,
+    declared_length,
     public_base_url,
     request_id_of,
     services_of,
@@ -38,8 +39,7 @@ async def get_policy(request: Request) -> dict[str, Any]:
 async def upload(request: Request) -> dict[str, Any]:
     svc = services_of(request)
     limit = svc.uploads.max_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + _FORM_OVERHEAD_BYTES:
+    if declared_length(request) > limit + _FORM_OVERHEAD_BYTES:
         raise InputTooLarge(f"Uploads are at most {limit // (1024 * 1024)} MB.")
     try:
         form = await request.form(max_files=1, max_fields=20, max_part_size=limit + 1)
@@ -52,6 +52,8 @@ async def upload(request: Request) -> dict[str, Any]:
     for name in ("policy", "Signature", "key"):
         if not fields.get(name):
             raise InvalidParameter(f"The upload form lacks {name}.")
+        if "\x00" in fields[name]:  # no policy, signature or file name holds one
+            raise InvalidParameter(f"{name} must not contain NUL.")
     policy = svc.uploads.verify(fields["policy"], fields["Signature"])
     object_key = fields["key"]
     name = object_key.removeprefix(policy.upload_dir + "/")
