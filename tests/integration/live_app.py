@@ -91,9 +91,7 @@ def live_app(home: Path, database_url: str | None = None) -> Iterator[LiveApp]:
     )
     rt = Runtime.open(settings)
     services = rt.services()
-    _, key = services.admin.create(
-        "edge", {"rps": 1000, "in_flight": 100, "max_pending": 10_000}
-    )
+    _, key = services.admin.create("edge", {"rps": 1000, "in_flight": 100, "max_pending": 10_000})
     port = _free_port()
     server = uvicorn.Server(
         server_config(create_app(services), host="127.0.0.1", port=port, log_level="warning")

@@ -189,7 +189,6 @@ def _bounded(
         opening = "(" if low_open else "["
         what = "an integer" if kind is int else "a number"
         raise InvalidParameter(
-            f"{name} must be {what} in {opening}{low:.0f}, {high:.0f}] or null; "
-            f"got {_shown(value)}"
+            f"{name} must be {what} in {opening}{low:.0f}, {high:.0f}] or null; got {_shown(value)}"
         )
     return kind(value)

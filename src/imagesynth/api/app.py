@@ -17,6 +17,7 @@ from imagesynth.api import (
 )
 from imagesynth.api.context import Services
 from imagesynth.api.errors import install_error_handlers
+from imagesynth.api.server import LimitHeaders
 
 
 def create_app(
@@ -47,6 +48,7 @@ def create_app(
     )
     app.state.services = services
     install_error_handlers(app)
+    app.add_middleware(LimitHeaders)  # added last: the outermost of the two
     app.include_router(routes_tasks.router)
     app.include_router(routes_multimodal.router)
     app.include_router(routes_uploads.router)

@@ -14,11 +14,16 @@ from typing import Any
 
 import h11
 import uvicorn
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
-# The request line and headers together, in bytes (h11 buffers at most this much before a
-# request is complete); also what bounds the number of headers. The README documents it.
+# The request line and headers together, in bytes, and the number of headers (README).
+# h11 refuses a request whose head is still incomplete past MAX_HEADER_BYTES (so a 1 MB
+# header never gets buffered), but not one whose longer head arrived in a single read, nor
+# any number of headers: LimitHeaders checks both on every request it hands on.
 MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADERS = 100
 
 
 class _RecordingConnection(h11.Connection):
@@ -48,7 +53,7 @@ class JsonErrorH11Protocol(H11Protocol):
         # h11's reason without the bytes it may quote ("illegal header line: bytearray(...)").
         reason = str(refusal).partition(":")[0] if refusal is not None else ""
         message = (
-            f"Request headers are larger than {MAX_HEADER_BYTES} bytes in all."
+            f"At most {MAX_HEADERS} request headers of {MAX_HEADER_BYTES} bytes in all."
             if too_large
             else f"Invalid HTTP request: {reason or msg}."
         )
@@ -74,6 +79,34 @@ class JsonErrorH11Protocol(H11Protocol):
         except h11.LocalProtocolError:
             pass  # a response had already begun on this connection: nothing more can be said
         self.transport.close()
+
+
+class LimitHeaders:
+    """Pure ASGI middleware: 431 BadRequest.TooLarge for more than MAX_HEADERS headers or
+    MAX_HEADER_BYTES of them; the connection stays open, as the request was well formed."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            size = sum(len(name) + len(value) + 4 for name, value in headers)
+            if len(headers) > MAX_HEADERS or size > MAX_HEADER_BYTES:
+                message = (
+                    f"At most {MAX_HEADERS} request headers of {MAX_HEADER_BYTES} bytes in all."
+                )
+                response = JSONResponse(
+                    {
+                        "request_id": str(uuid.uuid4()),
+                        "code": "BadRequest.TooLarge",
+                        "message": message,
+                    },
+                    status_code=431,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def server_config(app: Any, *, host: str, port: int, log_level: str) -> uvicorn.Config:
