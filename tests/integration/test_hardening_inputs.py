@@ -120,17 +120,18 @@ def nested(depth: int) -> str:
     ("method", "path", "body", "admin"),
     [
         ("POST", SUBMIT, nested(DEEP), False),
-        ("POST", SUBMIT, '{"model":"wanx-v1","input":{"prompt":%s}}' % nested(DEEP), False),
+        ("POST", SUBMIT, '{"model":"wanx-v1","input":{"prompt":' + nested(DEEP) + "}}", False),
         ("POST", SUBMIT, '{"x":' * DEEP + "1" + "}" * DEEP, False),
         (
             "POST",
             MULTIMODAL,
-            '{"model":"qwen-image","input":{"messages":[{"role":"user","content":%s}]}}'
-            % nested(100_000),
+            '{"model":"qwen-image","input":{"messages":[{"role":"user","content":'
+            + nested(100_000)
+            + "}]}}",
             False,
         ),
-        ("POST", "/admin/v1/keys", '{"name":"n","rps":%s}' % nested(5_000), True),
-        ("PATCH", "/admin/v1/keys/edge", '{"model":%s}' % nested(DEEP), True),
+        ("POST", "/admin/v1/keys", '{"name":"n","rps":' + nested(5_000) + "}", True),
+        ("PATCH", "/admin/v1/keys/edge", '{"model":' + nested(DEEP) + "}", True),
     ],
     ids=["body", "prompt", "objects", "multimodal-content", "admin-create", "admin-change"],
 )
@@ -238,16 +239,16 @@ def test_unicode_digits_are_400(app: LiveApp, path: str, field: str, admin: bool
 @pytest.mark.parametrize(
     ("change", "words"),
     [
-        ('{"rps": 1%s}' % ("0" * 400), ("rps",)),
+        ('{"rps": 1' + "0" * 400 + "}", ("rps",)),
         ('{"rps": 1e400}', ("rps",)),
         ('{"rps": 10001}', ("rps", "(0, 10000]")),
         ('{"monthly_cap": "1e999999"}', ("monthly_cap", "[0, 1000000000]")),
         ('{"monthly_cap": 1e30}', ("monthly_cap",)),
         ('{"in_flight": 1e30}', ("in_flight", "[1, 10000]")),
-        ('{"in_flight": %d}' % 10**30, ("in_flight",)),
+        (f'{{"in_flight": {10**30}}}', ("in_flight",)),
         ('{"free_quota": 1e30}', ("free_quota", "[0, 1000000000]")),
-        ('{"free_quota": %d}' % 2**31, ("free_quota",)),
-        ('{"max_pending": %d}' % 2**63, ("max_pending", "[1, 1000000]")),
+        (f'{{"free_quota": {2**31}}}', ("free_quota",)),
+        (f'{{"max_pending": {2**63}}}', ("max_pending", "[1, 1000000]")),
     ],
 )
 def test_out_of_range_admin_values_are_refused_when_set(
@@ -259,7 +260,7 @@ def test_out_of_range_admin_values_are_refused_when_set(
             conn.send("PATCH", "/admin/v1/keys/edge", change), 400, "InvalidParameter", *words
         )
         assert_error(
-            conn.send("POST", "/admin/v1/keys", '{"name": "big", %s' % change[1:]),
+            conn.send("POST", "/admin/v1/keys", '{"name": "big", ' + change[1:]),
             400,
             "InvalidParameter",
             *words,

@@ -14,8 +14,8 @@ from starlette.concurrency import run_in_threadpool
 from imagesynth.accounts.admin import AdminService
 from imagesynth.accounts.keys import KeyService
 from imagesynth.accounts.models import ApiKey
-from imagesynth.catalog import Catalog
 from imagesynth.api.json_body import decode_json
+from imagesynth.catalog import Catalog
 from imagesynth.config import Settings
 from imagesynth.domain import parse_digits
 from imagesynth.errors import InvalidParameter, RequestTooLarge
