@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from imagesynth.api import (
+    openapi,
     routes_admin,
     routes_files,
     routes_multimodal,
@@ -54,4 +55,5 @@ def create_app(
     app.include_router(routes_uploads.router)
     app.include_router(routes_files.router)
     app.include_router(routes_admin.router)
+    openapi.install(app)
     return app

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
+from imagesynth.api import openapi
 from imagesynth.api.context import (
     authenticate,
     declared_length,
@@ -22,9 +23,32 @@ router = APIRouter()
 
 UPLOAD_HOST_PATH = "/uploads/oss"
 _FORM_OVERHEAD_BYTES = 64 * 1024
+# The OSS-style form the SDK posts with the policy's fields (only these four are read).
+_UPLOAD_FORM = {
+    "type": "object",
+    "required": ["policy", "Signature", "key", "file"],
+    "properties": {
+        "OSSAccessKeyId": {"type": "string"},
+        "policy": {"type": "string"},
+        "Signature": {"type": "string"},
+        "key": {"type": "string", "description": "<upload_dir>/<file name> from the policy"},
+        "x-oss-object-acl": {"type": "string"},
+        "x-oss-forbid-overwrite": {"type": "string"},
+        "success_action_status": {"type": "string"},
+        "file": {"type": "string", "format": "binary"},
+    },
+}
 
 
-@router.get("/api/v1/uploads")
+@router.get(
+    "/api/v1/uploads",
+    openapi_extra=openapi.operation(
+        parameters=[
+            openapi.query("action", "getPolicy", required=True, type="string", enum=["getPolicy"]),
+            openapi.query("model", "The model the upload is for.", required=True),
+        ]
+    ),
+)
 async def get_policy(request: Request) -> dict[str, Any]:
     svc = services_of(request)
     key = await authenticate(request)
@@ -35,7 +59,7 @@ async def get_policy(request: Request) -> dict[str, Any]:
     return {"request_id": request_id_of(request), "data": data}
 
 
-@router.post(UPLOAD_HOST_PATH)
+@router.post(UPLOAD_HOST_PATH, openapi_extra=openapi.operation(form=_UPLOAD_FORM, auth=False))
 async def upload(request: Request) -> dict[str, Any]:
     svc = services_of(request)
     limit = svc.uploads.max_bytes
