@@ -88,6 +88,10 @@ def live_app(home: Path, database_url: str | None = None) -> Iterator[LiveApp]:
         database_url=database_url,
         admin_token=ADMIN_TOKEN,
         invisible_watermark=False,
+        # Out of the way of tests about other things: no rate limit on queries, and a
+        # synchronous call (no worker runs here) gives up at once.
+        query_rps=100_000,
+        sync_timeout_seconds=0.5,
     )
     rt = Runtime.open(settings)
     services = rt.services()
