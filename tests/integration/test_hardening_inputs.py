@@ -11,6 +11,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -488,3 +489,36 @@ def test_unexpected_error_is_logged_with_its_traceback_at_debug(
         assert record.exc_info is not None
     finally:
         conn.close()
+
+
+# 4, through the CLI: the same ranges, refused with a one-line error --------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        (["--rps", "1e400"], "rps"),
+        (["--rps", str(10**400)], "rps"),
+        (["--in-flight", str(10**30)], "in_flight"),
+        (["--free-quota", str(2**31)], "free_quota"),
+        (["--max-pending", "0"], "max_pending"),
+        (["--monthly-cap", "1e999999"], "monthly_cap"),
+    ],
+)
+def test_cli_refuses_out_of_range_settings_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: list[str], field: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from imagesynth.cli import app as cli
+
+    monkeypatch.setenv("IMAGESYNTH_HOME", str(tmp_path))
+    monkeypatch.setenv("IMAGESYNTH_INVISIBLE_WATERMARK", "false")
+    runner = CliRunner()
+    created = runner.invoke(cli, ["keys", "create", "--name", "k"])
+    assert created.exit_code == 0, created.output
+    for command in (["keys", "set", "k", *options], ["keys", "create", "--name", "j", *options]):
+        result = runner.invoke(cli, command)
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith(f"error: {field} must be"), result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
