@@ -16,14 +16,14 @@ from pydantic import BaseModel
 from imagesynth.api.schemas import ErrorReply
 
 _REF = "#/components/schemas/{model}"
-_BEARER = {"bearer": []}
+_BEARER: dict[str, list[str]] = {"bearer": []}
 
 
 def _schema_ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": _REF.format(model=model.__name__)}
 
 
-def query(name: str, description: str, required: bool = False, **schema: Any) -> dict[str, Any]:
+def query(name: str, description: str, *, required: bool = False, **schema: Any) -> dict[str, Any]:
     return {
         "name": name,
         "in": "query",

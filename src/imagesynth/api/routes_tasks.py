@@ -39,7 +39,7 @@ LIST_WINDOW_SECONDS = 24 * 3600
 MAX_PAGE_SIZE = 100
 PAGE_NO_MAX = 1_000_000
 
-_TIME = {"type": "string", "pattern": r"^\d{14}$"}
+_TIME: dict[str, Any] = {"type": "string", "pattern": r"^\d{14}$"}
 _LIST_DOC = openapi.operation(
     parameters=[
         openapi.query("start_time", "YYYYMMDDhhmmss; the window is at most 24 h.", **_TIME),
