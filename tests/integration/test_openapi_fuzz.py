@@ -29,7 +29,7 @@ from tests.integration.live_app import ADMIN_TOKEN, LiveApp, live_app
 
 # Per operation, mode (schema-valid, schema-invalid) and database: 16 x 2 x 10 requests per
 # database, a few seconds. Set IMAGESYNTH_TEST_FUZZ_EXAMPLES for a deeper run (150: ~1 min).
-EXAMPLES = int(os.environ.get("IMAGESYNTH_TEST_FUZZ_EXAMPLES", "10"))
+EXAMPLES = int(os.environ.get("IMAGESYNTH_TEST_FUZZ_EXAMPLES", "8"))
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
