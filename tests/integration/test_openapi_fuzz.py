@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
 from tests.conftest import PG_DSN_ENV, PG_SKIP_REASON, _with_search_path
 from tests.integration.live_app import ADMIN_TOKEN, LiveApp, live_app
 
-# Per operation, mode (schema-valid, schema-invalid) and database: 16 x 2 x 10 requests per
+# Per operation, mode (schema-valid, schema-invalid) and database: 16 x 2 x 8 requests per
 # database, a few seconds. Set IMAGESYNTH_TEST_FUZZ_EXAMPLES for a deeper run (150: ~1 min).
 EXAMPLES = int(os.environ.get("IMAGESYNTH_TEST_FUZZ_EXAMPLES", "8"))
 
