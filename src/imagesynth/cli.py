@@ -80,6 +80,7 @@ def serve(
     import uvicorn
 
     from imagesynth.api.app import create_app
+    from imagesynth.api.server import server_config
 
     if not no_worker:
         keep_freed_memory()  # before any thread starts: see worker/memory.py
@@ -117,12 +118,11 @@ def serve(
     if rt.settings.admin_token is None:
         log.info("admin API (/admin/v1) credential: `imagesynth admin-token`")
     server = uvicorn.Server(
-        uvicorn.Config(
+        server_config(
             create_app(services, on_startup=start_background, on_shutdown=stop_background),
             host=host,
             port=port,
             log_level=rt.settings.log_level.lower(),
-            access_log=False,
         )
     )
     server.run()

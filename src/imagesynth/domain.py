@@ -35,16 +35,24 @@ class TaskStatus(StrEnum):
         return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED)
 
 
+def parse_digits(text: str, max_digits: int = 18) -> int:
+    """'42' -> 42: ASCII digits only, at most `max_digits` of them; raises ValueError on
+    anything else. Not str.isdigit() alone: it accepts '²' (which int() then refuses) and
+    '١٢' or '１０２４' (which int() reads), and int() refuses more than 4300 digits."""
+    if not text or len(text) > max_digits or not text.isascii() or not text.isdigit():
+        raise ValueError(text)
+    return int(text)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'1024*768' -> (1024, 768); raises ValueError on anything else."""
-    # Not str.isdigit() alone: it accepts non-ASCII digits ('１０２４') that int() then reads.
     # Not a str at all: a catalog file can say `default_size = 1024`.
-    if not isinstance(text, str) or not text.isascii():
+    if not isinstance(text, str):
         raise ValueError(text)
     w, sep, h = text.partition("*")
-    if not sep or not w.isdigit() or not h.isdigit():
+    if not sep:
         raise ValueError(text)
-    return int(w), int(h)
+    return parse_digits(w, max_digits=6), parse_digits(h, max_digits=6)
 
 
 @dataclass(frozen=True)

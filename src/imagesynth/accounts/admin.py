@@ -18,6 +18,7 @@ from imagesynth.accounts.ports import Ledger
 from imagesynth.accounts.settings import KeySettings, apply_changes
 from imagesynth.accounts.usage import Granularity, UsageRow, usage_report
 from imagesynth.catalog import Catalog
+from imagesynth.domain import parse_digits
 from imagesynth.errors import AccessDenied, InvalidApiKey, InvalidParameter, MissingApiKey
 from imagesynth.storage.signing import load_or_create_secret
 
@@ -36,11 +37,17 @@ def parse_since(text: str | None, now: float | None = None) -> float:
     if not text:
         return 0.0
     now = time.time() if now is None else now
-    if text[:-1].isdigit() and text[-1] in "hd":
-        return now - int(text[:-1]) * (3600 if text[-1] == "h" else DAY)
+    if text[-1] in "hd":
+        try:
+            # At most 6 digits: 999999 days is before year 1 already.
+            count = parse_digits(text[:-1], max_digits=6)
+        except ValueError:
+            pass
+        else:
+            return now - count * (3600 if text[-1] == "h" else DAY)
     try:
         return datetime.fromisoformat(text).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         raise InvalidParameter(
             f"since must be an ISO date/time (2026-11-01, 2026-11-01T08:00) or 24h / 7d; "
             f"got {text!r}"
@@ -60,7 +67,11 @@ class AdminService:
             raise MissingApiKey()
         scheme, _, secret = authorization.strip().partition(" ")
         secret = secret.strip()
-        if scheme.lower() == "bearer" and hmac.compare_digest(secret, self.token):
+        # As bytes: compare_digest() raises TypeError on a non-ASCII str, and a header may
+        # carry any byte from 0x80 up (read as Latin-1).
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            secret.encode("utf-8", "surrogateescape"), self.token.encode()
+        ):
             return
         if secret.startswith(KEY_PREFIX):
             raise AccessDenied("The admin API takes the admin credential, not an API key.")

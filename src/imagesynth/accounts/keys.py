@@ -19,6 +19,9 @@ from imagesynth.errors import InvalidApiKey, InvalidParameter, MissingApiKey, Re
 KEY_PREFIX = "sk-"
 # Record a key's last use at most this often: a write per request would be wasted work.
 LAST_USED_RESOLUTION_SECONDS = 60.0
+# A name is shown in `keys list` and usage tables: no control characters (NUL included, which
+# PostgreSQL text cannot hold), and short.
+MAX_NAME_CHARS = 200
 
 
 def hash_key(secret: str) -> str:
@@ -35,6 +38,10 @@ class KeyService:
         """A new key and its secret; the secret is shown once and never stored."""
         if not name.strip():
             raise InvalidParameter("A key needs a name.")
+        if len(name) > MAX_NAME_CHARS or not name.isprintable():
+            raise InvalidParameter(
+                f"name: a key's name is at most {MAX_NAME_CHARS} printable characters."
+            )
         secret = KEY_PREFIX + secrets.token_hex(24)
         key = self.store.insert_key(
             key_id=str(uuid.uuid4()),
@@ -60,6 +67,8 @@ class KeyService:
 
     def resolve(self, ref: str) -> ApiKey:
         """A key by its id, or by a name or secret prefix that only one key has."""
+        if "\x00" in ref:  # no key has one (PostgreSQL text cannot even hold it)
+            raise ResourceNotFound("No key matches that reference.")
         key = self.store.get_key(ref)
         if key is not None:
             return key

@@ -6,16 +6,19 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 
 MICROS = 1_000_000
+# Beyond any price or cap, and small enough that its micro-units fit a 64-bit integer column.
+MAX_AMOUNT = Decimal(10) ** 12
 
 
 def to_micros(amount: float | str | Decimal) -> int:
-    """'0.14' -> 140000. Raises ValueError for anything that is not a finite amount >= 0."""
+    """'0.14' -> 140000. Raises ValueError for anything that is not a finite amount in
+    [0, MAX_AMOUNT]: compared before scaling, which would overflow Decimal for '1e999999'."""
     try:
         value = Decimal(str(amount))
     except InvalidOperation:
-        raise ValueError(f"not an amount: {amount!r}") from None
-    if not value.is_finite() or value < 0:
-        raise ValueError(f"not an amount: {amount!r}")
+        raise ValueError("not an amount") from None
+    if not value.is_finite() or value < 0 or value > MAX_AMOUNT:
+        raise ValueError("not an amount in range")
     return int((value * MICROS).to_integral_value())
 
 

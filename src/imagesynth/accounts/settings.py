@@ -81,6 +81,16 @@ class KeySettings:
         )
 
 
+# The range of each setting, refused outside it when it is set (so by the admin API and the
+# CLI alike), and documented in the README: every value fits what it reaches later, a 32-bit
+# INTEGER column on PostgreSQL (in_flight, free_quota are copied onto each task), a float
+# (rps, in the rate buckets) or an integer count of micro-units (monthly_cap).
+RPS_MAX = 10_000.0
+IN_FLIGHT_MAX = 10_000
+FREE_QUOTA_MAX = 1_000_000_000
+MAX_PENDING_MAX = 1_000_000
+MONTHLY_CAP_MAX = 1_000_000_000  # in the catalog's currency
+
 CHANGE_FIELDS = (
     "free_tier_only",
     "monthly_cap",
@@ -105,18 +115,9 @@ def apply_changes(settings: KeySettings, changes: Mapping[str, Any]) -> KeySetti
     if "free_tier_only" in changes:
         out = replace(out, free_tier_only=_typed(changes, "free_tier_only", bool))
     if "monthly_cap" in changes:
-        cap = changes["monthly_cap"]
-        if cap is None:
-            out = replace(out, monthly_cap_micros=None)
-        else:
-            try:
-                if isinstance(cap, bool):
-                    raise ValueError(cap)
-                out = replace(out, monthly_cap_micros=to_micros(cap))
-            except ValueError:
-                raise InvalidParameter(f"monthly_cap must be an amount >= 0; got {cap!r}") from None
+        out = replace(out, monthly_cap_micros=_monthly_cap(changes["monthly_cap"]))
     if "max_pending" in changes:
-        out = replace(out, max_pending=_positive(changes, "max_pending", int))
+        out = replace(out, max_pending=_bounded(changes, "max_pending", int, 1, MAX_PENDING_MAX))
     model = changes.get("model")
     if model is not None and not isinstance(model, str):
         raise InvalidParameter(f"model must be a model name; got {model!r}")
@@ -125,11 +126,13 @@ def apply_changes(settings: KeySettings, changes: Mapping[str, Any]) -> KeySetti
         name = model or ALL_MODELS
         current = out.models.get(name, ModelOverrides())
         updated = ModelOverrides(
-            rps=_positive(per_model, "rps", float) if "rps" in per_model else current.rps,
-            in_flight=_positive(per_model, "in_flight", int)
+            rps=_bounded(per_model, "rps", float, 0, RPS_MAX, low_open=True)
+            if "rps" in per_model
+            else current.rps,
+            in_flight=_bounded(per_model, "in_flight", int, 1, IN_FLIGHT_MAX)
             if "in_flight" in per_model
             else current.in_flight,
-            free_quota=_positive(per_model, "free_quota", int, zero_ok=True)
+            free_quota=_bounded(per_model, "free_quota", int, 0, FREE_QUOTA_MAX)
             if "free_quota" in per_model
             else current.free_quota,
         )
@@ -142,18 +145,50 @@ def apply_changes(settings: KeySettings, changes: Mapping[str, Any]) -> KeySetti
 def _typed(changes: Mapping[str, Any], name: str, kind: type) -> Any:
     value = changes[name]
     if not isinstance(value, kind):
-        raise InvalidParameter(f"{name} must be {kind.__name__}; got {value!r}")
+        raise InvalidParameter(f"{name} must be {kind.__name__}; got {_shown(value)}")
     return value
 
 
-def _positive(
-    changes: Mapping[str, Any], name: str, kind: type, zero_ok: bool = False
+def _shown(value: Any) -> str:
+    """A value for a message, cut short: it may be a number of thousands of digits."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**40 else "a huge integer"
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
+def _monthly_cap(cap: Any) -> int | None:
+    if cap is None:
+        return None
+    problem = f"monthly_cap must be an amount in [0, {MONTHLY_CAP_MAX}] or null; got {_shown(cap)}"
+    if isinstance(cap, bool) or not isinstance(cap, int | float | str):
+        raise InvalidParameter(problem)
+    try:
+        micros = to_micros(cap)
+    except ValueError:
+        raise InvalidParameter(problem) from None
+    if micros > to_micros(MONTHLY_CAP_MAX):
+        raise InvalidParameter(problem)
+    return micros
+
+
+def _bounded(
+    changes: Mapping[str, Any],
+    name: str,
+    kind: type[int] | type[float],
+    low: float,
+    high: float,
+    low_open: bool = False,
 ) -> Any | None:
+    """changes[name] as `kind` within [low, high] (or (low, high]), or None to clear it."""
     value = changes[name]
     if value is None:
         return None
     number_ok = isinstance(value, int | float) if kind is float else isinstance(value, int)
-    if isinstance(value, bool) or not number_ok or value < 0 or (value == 0 and not zero_ok):
-        bound = ">= 0" if zero_ok else "> 0"
-        raise InvalidParameter(f"{name} must be a {kind.__name__} {bound} or null; got {value!r}")
+    # Compared before any conversion: float(10**400) itself raises; NaN is in no range.
+    in_range = number_ok and (low < value if low_open else low <= value) and value <= high
+    if isinstance(value, bool) or not in_range:
+        opening = "(" if low_open else "["
+        what = "an integer" if kind is int else "a number"
+        raise InvalidParameter(
+            f"{name} must be {what} in {opening}{low:.0f}, {high:.0f}] or null; got {_shown(value)}"
+        )
     return kind(value)

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from imagesynth.api import (
+    openapi,
     routes_admin,
     routes_files,
     routes_multimodal,
@@ -17,6 +18,7 @@ from imagesynth.api import (
 )
 from imagesynth.api.context import Services
 from imagesynth.api.errors import install_error_handlers
+from imagesynth.api.server import LimitHeaders
 
 
 def create_app(
@@ -47,9 +49,11 @@ def create_app(
     )
     app.state.services = services
     install_error_handlers(app)
+    app.add_middleware(LimitHeaders)  # added last: the outermost of the two
     app.include_router(routes_tasks.router)
     app.include_router(routes_multimodal.router)
     app.include_router(routes_uploads.router)
     app.include_router(routes_files.router)
     app.include_router(routes_admin.router)
+    openapi.install(app)
     return app

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,8 +14,10 @@ from starlette.concurrency import run_in_threadpool
 from imagesynth.accounts.admin import AdminService
 from imagesynth.accounts.keys import KeyService
 from imagesynth.accounts.models import ApiKey
+from imagesynth.api.json_body import decode_json
 from imagesynth.catalog import Catalog
 from imagesynth.config import Settings
+from imagesynth.domain import parse_digits
 from imagesynth.errors import InvalidParameter, RequestTooLarge
 from imagesynth.inputs.fetch import FetchPolicy
 from imagesynth.inputs.uploads import UploadSigner
@@ -57,21 +58,36 @@ async def authenticate(request: Request) -> ApiKey:
     return await run_in_threadpool(keys.authenticate, request.headers.get("authorization"))
 
 
+def query_text(request: Request, name: str) -> str | None:
+    """A query parameter as text, None when absent or empty. A NUL in it is refused here: it
+    is in no name or id, and PostgreSQL text cannot hold one."""
+    value = request.query_params.get(name) or None
+    if value is not None and "\x00" in value:
+        raise InvalidParameter(f"{name} must not contain NUL (%00)")
+    return value
+
+
+def declared_length(request: Request) -> int:
+    """The request's Content-Length, 0 if it has none (the HTTP parser has checked that it is
+    at most 20 ASCII digits: see api/server.py)."""
+    declared = request.headers.get("content-length", "")
+    try:
+        return parse_digits(declared, max_digits=20)
+    except ValueError:
+        return 0
+
+
 async def read_json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object, refusing bodies over the size limit before reading them."""
     limit = services_of(request).settings.max_request_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared_length(request) > limit:
         raise RequestTooLarge(f"Request body is larger than {limit} bytes.")
     chunks = bytearray()
     async for chunk in request.stream():
         chunks += chunk
         if len(chunks) > limit:
             raise RequestTooLarge(f"Request body is larger than {limit} bytes.")
-    try:
-        body = json.loads(chunks)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidParameter(f"Request body is not valid JSON: {exc}") from None
+    body = decode_json(bytes(chunks))
     if not isinstance(body, dict):
         raise InvalidParameter("Request body must be a JSON object.")
     return body

@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagesynth import errors
 from imagesynth.api.context import request_id_of
@@ -70,7 +71,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def domain_error(request: Request, exc: errors.ImageSynthError) -> JSONResponse:
         status, code = status_and_code(exc)
         if status >= 500 and not isinstance(exc, errors.TaskFailed):
-            log.error("request %s failed", request_id_of(request), exc_info=exc)
+            log_failure(request_id_of(request), exc)
             return error_response(request, status, code, errors.ImageSynthError().message)
         return error_response(request, status, code, exc.message)
 
@@ -89,7 +90,47 @@ def install_error_handlers(app: FastAPI) -> None:
         message = f"{where}: {first.get('msg', 'invalid')}" if where else "Invalid request."
         return await domain_error(request, errors.InvalidParameter(message))
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("request %s failed", request_id_of(request), exc_info=exc)
-        return error_response(request, 500, "InternalError", errors.ImageSynthError().message)
+    # Not an exception handler for Exception: Starlette gives that one to its outermost
+    # ServerErrorMiddleware, which answers and then re-raises, so uvicorn closes the
+    # connection and the client's next keep-alive request on it fails.
+    app.add_middleware(AnswerUnexpectedErrors)
+
+
+def log_failure(request_id: str, exc: BaseException) -> None:
+    """One line per failed request; its traceback in the same record when logging at debug."""
+    summary = " ".join(f"{type(exc).__name__}: {exc}".split())
+    log.error(
+        "request %s failed: %s",
+        request_id,
+        summary if len(summary) <= 500 else summary[:500] + "...",
+        exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
+    )
+
+
+class AnswerUnexpectedErrors:
+    """Pure ASGI middleware: an exception that no handler maps is answered 500 InternalError in
+    the DashScope shape and logged, and goes no further, so the connection stays usable."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            request = Request(scope)
+            log_failure(request_id_of(request), exc)
+            if started:
+                raise  # part of a reply is out: only closing the connection can tell the client
+            message = errors.ImageSynthError().message
+            await error_response(request, 500, "InternalError", message)(scope, receive, send)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from imagesynth.api import openapi
 from imagesynth.api.context import services_of
 from imagesynth.errors import ResourceNotFound, SignatureInvalid
 
@@ -25,7 +26,16 @@ def _raw_path(request: Request) -> str:
     return text[len(root) :] if root and text.startswith(root) else text
 
 
-@router.get("/files/{key:path}")
+@router.get(
+    "/files/{key:path}",
+    openapi_extra=openapi.operation(
+        parameters=[
+            openapi.query("Expires", "Unix time the link expires.", required=True),
+            openapi.query("Signature", "HMAC of the path and Expires.", required=True),
+        ],
+        auth=False,
+    ),
+)
 async def get_file(request: Request, key: str) -> Response:
     svc = services_of(request)
     # Verified on the request as sent, so each signed URL has exactly one accepted spelling.
@@ -40,6 +50,6 @@ async def get_file(request: Request, key: str) -> Response:
     return Response(data, media_type="image/png")
 
 
-@router.get("/health")
+@router.get("/health", openapi_extra=openapi.operation(auth=False))
 async def health() -> dict[str, str]:
     return {"status": "ok"}

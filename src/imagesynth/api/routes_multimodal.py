@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from imagesynth.api import openapi
 from imagesynth.api.context import (
     authenticate,
     is_async,
@@ -23,7 +24,10 @@ from imagesynth.errors import AccessDenied, InvalidParameter, SyncTimeout, TaskF
 router = APIRouter()
 
 
-@router.post("/api/v1/services/aigc/multimodal-generation/generation")
+@router.post(
+    "/api/v1/services/aigc/multimodal-generation/generation",
+    openapi_extra=openapi.operation(body=MultimodalRequest),
+)
 async def generate(request: Request) -> dict[str, Any]:
     svc = services_of(request)
     key = await authenticate(request)

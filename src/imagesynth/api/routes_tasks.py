@@ -9,9 +9,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from imagesynth.api import openapi
 from imagesynth.api.context import (
     authenticate,
     is_async,
+    query_text,
     read_json_object,
     request_id_of,
     services_of,
@@ -26,7 +28,7 @@ from imagesynth.api.schemas import (
     unknown_task_reply,
 )
 from imagesynth.api.sync_wait import wait_for_end
-from imagesynth.domain import TaskStatus
+from imagesynth.domain import TaskStatus, parse_digits
 from imagesynth.errors import AccessDenied, InvalidParameter
 from imagesynth.tasks.models import Task, TaskFilter
 
@@ -35,9 +37,41 @@ router = APIRouter()
 REGION = "local"
 LIST_WINDOW_SECONDS = 24 * 3600
 MAX_PAGE_SIZE = 100
+PAGE_NO_MAX = 1_000_000
+
+_TIME: dict[str, Any] = {"type": "string", "pattern": r"^\d{14}$"}
+_LIST_DOC = openapi.operation(
+    parameters=[
+        openapi.query("start_time", "YYYYMMDDhhmmss; the window is at most 24 h.", **_TIME),
+        openapi.query("end_time", "YYYYMMDDhhmmss; default now, or start_time + 24 h.", **_TIME),
+        openapi.query("model_name", "Only this model's tasks."),
+        openapi.query("status", "Only tasks in this state.", type="string", enum=list(TaskStatus)),
+        openapi.query("task_id", "Only this task."),
+        openapi.query("page_no", "From 1.", type="integer", minimum=1, maximum=PAGE_NO_MAX),
+        openapi.query("page_size", "Default 10.", type="integer", minimum=1, maximum=MAX_PAGE_SIZE),
+        openapi.WORKSPACE,
+    ]
+)
 
 
-@router.post("/api/v1/services/aigc/text2image/image-synthesis")
+@router.post(
+    "/api/v1/services/aigc/text2image/image-synthesis",
+    openapi_extra=openapi.operation(
+        body=SynthesisRequest,
+        parameters=[
+            openapi.header(
+                "X-DashScope-Async",
+                "enable: answer with a task id at once (required but for wan2.2).",
+                type="string",
+                enum=["enable"],
+            ),
+            openapi.WORKSPACE,
+            openapi.header(
+                "X-DashScope-OssResourceResolve", "enable: ref_img is an oss:// upload."
+            ),
+        ],
+    ),
+)
 async def submit(request: Request) -> dict[str, Any]:
     svc = services_of(request)
     key = await authenticate(request)
@@ -64,7 +98,7 @@ async def submit(request: Request) -> dict[str, Any]:
     return task_reply(request_id_of(request), task, spec, url_for(request))
 
 
-@router.get("/api/v1/tasks/{task_id}")
+@router.get("/api/v1/tasks/{task_id}", openapi_extra=openapi.operation())
 async def query(request: Request, task_id: str) -> dict[str, Any]:
     svc = services_of(request)
     key = await authenticate(request)
@@ -75,7 +109,7 @@ async def query(request: Request, task_id: str) -> dict[str, Any]:
     return task_reply(request_id_of(request), task, spec, url_for(request))
 
 
-@router.post("/api/v1/tasks/{task_id}/cancel")
+@router.post("/api/v1/tasks/{task_id}/cancel", openapi_extra=openapi.operation())
 async def cancel(request: Request, task_id: str) -> dict[str, Any]:
     svc = services_of(request)
     key = await authenticate(request)
@@ -87,9 +121,14 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise InvalidParameter(f"{name} must be an integer in [{low}, {high}]; got {raw!r}")
-    return int(raw)
+    try:
+        value = parse_digits(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
+        raise InvalidParameter(f"{name} must be an integer in [{low}, {high}]; got {shown!r}")
+    return value
 
 
 def _time_param(request: Request, name: str) -> float | None:
@@ -122,20 +161,20 @@ def _list_filter(request: Request) -> TaskFilter:
         # Timestamps are whole seconds: include the whole last second.
         start=start,
         end=end + 0.999,
-        model=request.query_params.get("model_name") or None,
+        model=query_text(request, "model_name"),
         status=TaskStatus(status) if status else None,
-        task_id=request.query_params.get("task_id") or None,
+        task_id=query_text(request, "task_id"),
         workspace=request.headers.get("x-dashscope-workspace"),
     )
 
 
-@router.get("/api/v1/tasks")
-@router.get("/api/v1/tasks/")
+@router.get("/api/v1/tasks", openapi_extra=_LIST_DOC)
+@router.get("/api/v1/tasks/", openapi_extra=_LIST_DOC)
 async def list_tasks(request: Request) -> dict[str, Any]:
     svc = services_of(request)
     key = await authenticate(request)
     flt = _list_filter(request)
-    page_no = _int_param(request, "page_no", 1, 1, 1_000_000)
+    page_no = _int_param(request, "page_no", 1, 1, PAGE_NO_MAX)
     page_size = _int_param(request, "page_size", 10, 1, MAX_PAGE_SIZE)
     if flt.status == TaskStatus.UNKNOWN:
         total, tasks = 0, list[Task]()

@@ -7,8 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from imagesynth.api import openapi
 from imagesynth.api.context import (
     authenticate,
+    declared_length,
     public_base_url,
     request_id_of,
     services_of,
@@ -21,9 +23,32 @@ router = APIRouter()
 
 UPLOAD_HOST_PATH = "/uploads/oss"
 _FORM_OVERHEAD_BYTES = 64 * 1024
+# The OSS-style form the SDK posts with the policy's fields (only these four are read).
+_UPLOAD_FORM = {
+    "type": "object",
+    "required": ["policy", "Signature", "key", "file"],
+    "properties": {
+        "OSSAccessKeyId": {"type": "string"},
+        "policy": {"type": "string"},
+        "Signature": {"type": "string"},
+        "key": {"type": "string", "description": "<upload_dir>/<file name> from the policy"},
+        "x-oss-object-acl": {"type": "string"},
+        "x-oss-forbid-overwrite": {"type": "string"},
+        "success_action_status": {"type": "string"},
+        "file": {"type": "string", "format": "binary"},
+    },
+}
 
 
-@router.get("/api/v1/uploads")
+@router.get(
+    "/api/v1/uploads",
+    openapi_extra=openapi.operation(
+        parameters=[
+            openapi.query("action", "getPolicy", required=True, type="string", enum=["getPolicy"]),
+            openapi.query("model", "The model the upload is for.", required=True),
+        ]
+    ),
+)
 async def get_policy(request: Request) -> dict[str, Any]:
     svc = services_of(request)
     key = await authenticate(request)
@@ -34,7 +59,7 @@ async def get_policy(request: Request) -> dict[str, Any]:
     return {"request_id": request_id_of(request), "data": data}
 
 
-@router.post(UPLOAD_HOST_PATH)
+@router.post(UPLOAD_HOST_PATH, openapi_extra=openapi.operation(form=_UPLOAD_FORM, auth=False))
 async def upload(request: Request) -> dict[str, Any]:
     """The OSS-style form post. The policy is checked from the fields that precede the file,
     before a byte of the file is kept; the body is capped as it streams; nothing is written
@@ -43,8 +68,7 @@ async def upload(request: Request) -> dict[str, Any]:
     limit = svc.uploads.max_bytes
     budget = limit + _FORM_OVERHEAD_BYTES
     too_large = InputTooLarge(f"Uploads are at most {limit // (1024 * 1024)} MB.")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > budget:
+    if declared_length(request) > budget:
         raise too_large
     authorised: list[tuple[UploadPolicy, str]] = []
 
@@ -52,6 +76,8 @@ async def upload(request: Request) -> dict[str, Any]:
         for name in ("policy", "Signature", "key"):
             if not fields.get(name):
                 raise InvalidParameter(f"The upload form lacks {name} (before the file).")
+            if "\x00" in fields[name]:  # no policy, signature or file name holds one
+                raise InvalidParameter(f"{name} must not contain NUL.")
         policy = svc.uploads.verify(fields["policy"], fields["Signature"])
         authorised.append((policy, policy.object_key(fields["key"])))
         return min(policy.max_bytes, limit)

@@ -7,11 +7,19 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 from pydantic import ValidationError as PydanticValidationError
 
 from imagesynth.catalog import ModelSpec
-from imagesynth.domain import TaskStatus
+from imagesynth.domain import SEED_MAX, TaskStatus
 from imagesynth.errors import EmptyInput, EmptyModel, InvalidParameter
 from imagesynth.tasks.models import Task
 
@@ -29,10 +37,37 @@ class _Loose(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+_MESSAGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["role", "content"],
+    "properties": {
+        "role": {"type": "string", "enum": ["user"]},
+        "content": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["text"],
+                "properties": {"text": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def _doc(description: str, **schema: Any) -> Any:
+    """A field's OpenAPI description and bounds: documentation only (json_schema_extra), so
+    parsing stays as it was and the catalog's checks give the message for a bad value."""
+    return Field(None, json_schema_extra={"description": description, **schema})
+
+
 class SynthesisInput(_Loose):
-    prompt: StrictStr | None = None
-    negative_prompt: StrictStr | None = None
-    ref_img: StrictStr | None = None
+    model_config = ConfigDict(json_schema_extra={"required": ["prompt"]})
+
+    prompt: StrictStr | None = _doc("What to draw; at most 800 characters are used.")
+    negative_prompt: StrictStr | None = _doc("What to avoid; at most 500 characters are used.")
+    ref_img: StrictStr | None = _doc("wanx-v1: reference image, http(s) or oss:// URL.")
     ref_image: StrictStr | None = None  # the V1 doc's curl examples spell it so
 
     @property
@@ -41,16 +76,16 @@ class SynthesisInput(_Loose):
 
 
 class SynthesisParameters(_Loose):
-    size: StrictStr | None = None
-    n: StrictInt | None = None
-    seed: StrictInt | None = None
-    steps: StrictInt | None = None
-    guidance: StrictFloat | StrictInt | None = None
-    prompt_extend: StrictBool | None = None
-    watermark: StrictBool | None = None
-    style: StrictStr | None = None
-    ref_strength: StrictFloat | StrictInt | None = None
-    ref_mode: StrictStr | None = None
+    size: StrictStr | None = _doc("W*H, per model (see the README).", pattern=r"^\d+\*\d+$")
+    n: StrictInt | None = _doc("Images: 1..4 (Qwen-Image 1).", minimum=1, maximum=4)
+    seed: StrictInt | None = _doc("Image i uses seed+i.", minimum=0, maximum=SEED_MAX)
+    steps: StrictInt | None = _doc("Denoising steps, bounded per model.", minimum=1)
+    guidance: StrictFloat | StrictInt | None = _doc("Guidance scale, bounded per model.")
+    prompt_extend: StrictBool | None = _doc("Rewrite the prompt first (default true).")
+    watermark: StrictBool | None = _doc("Draw a visible AI mark.")
+    style: StrictStr | None = _doc("wanx-v1 only, e.g. <watercolor>.")
+    ref_strength: StrictFloat | StrictInt | None = _doc("0..1.", minimum=0, maximum=1)
+    ref_mode: StrictStr | None = _doc("repaint or refonly.", enum=["repaint", "refonly"])
 
     def fields(self) -> dict[str, Any]:
         """As ModelSpec.validate names them (each declared field; extra ones are ignored)."""
@@ -74,7 +109,9 @@ def _validate(cls: type[_R], body: dict[str, Any]) -> _R:
 
 
 class SynthesisRequest(_Loose):
-    model: StrictStr | None = None
+    model_config = ConfigDict(json_schema_extra={"required": ["model", "input"]})
+
+    model: StrictStr | None = _doc("A model name, e.g. wanx-v1.")
     input: SynthesisInput | None = None
     parameters: SynthesisParameters | None = None
 
@@ -101,13 +138,25 @@ class MultimodalParameters(SynthesisParameters):
 
 
 class MultimodalInput(_Loose):
-    messages: list[Any] | None = None
+    model_config = ConfigDict(json_schema_extra={"required": ["messages"]})
+
+    messages: list[Any] | None = Field(
+        None,
+        json_schema_extra={
+            "description": "Exactly one user message holding one text.",
+            "minItems": 1,
+            "maxItems": 1,
+            "items": _MESSAGE_SCHEMA,
+        },
+    )
 
 
 class MultimodalRequest(_Loose):
     """The Qwen-Image synchronous body: exactly one user message with exactly one text."""
 
-    model: StrictStr | None = None
+    model_config = ConfigDict(json_schema_extra={"required": ["model", "input"]})
+
+    model: StrictStr | None = _doc("A Qwen-Image model name.")
     input: MultimodalInput | None = None
     parameters: MultimodalParameters | None = None
 
@@ -261,3 +310,39 @@ def list_item(task: Task, region: str) -> dict[str, Any]:
     if task.workspace:
         item["workspace"] = task.workspace
     return item
+
+
+# -- Documentation only ------------------------------------------------------------------------
+# The OpenAPI document (api/openapi.py) describes these bodies; the routes still parse them by
+# hand (read_json_object, the models above, accounts/settings.py apply_changes), so the
+# documented ranges are what those checks enforce, not a second validation.
+
+
+class ErrorReply(BaseModel):
+    """Every error: DashScope's shape."""
+
+    request_id: str
+    code: str = Field(examples=["InvalidParameter"])
+    message: str
+
+
+class KeyChange(BaseModel):
+    """PATCH /admin/v1/keys/{ref}: absent fields stay as they are, null clears."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    free_tier_only: bool | None = None
+    monthly_cap: float | str | None = Field(
+        None, description="Spending cap per month, 0..1000000000 in the catalog's currency."
+    )
+    max_pending: int | None = Field(None, ge=1, le=1_000_000)
+    model: str | None = Field(None, description="rps / in_flight / free_quota for this model.")
+    rps: float | None = Field(None, gt=0, le=10_000)
+    in_flight: int | None = Field(None, ge=1, le=10_000)
+    free_quota: int | None = Field(None, ge=0, le=1_000_000_000)
+
+
+class KeyCreate(KeyChange):
+    """POST /admin/v1/keys: a name, and any settings of PATCH."""
+
+    name: str = Field(min_length=1, max_length=200)

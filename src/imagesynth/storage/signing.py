@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from imagesynth.domain import parse_digits
 from imagesynth.errors import SignatureInvalid
 
 
@@ -103,16 +104,19 @@ class UrlSigner:
         return path
 
     def verify(self, path: str, expires: str | None, signature: str | None) -> None:
-        if not expires or not signature or not expires.isdigit():
+        if not expires or not signature:
             raise SignatureInvalid("The URL is not signed.")
-        # Only the exact text sign() wrote: isdigit() and int() also take '０１７…' and '017…'.
+        try:
+            when = parse_digits(expires)
+        except ValueError:
+            raise SignatureInvalid("The URL is not signed.") from None
+        # Only the exact text sign() wrote: int() also takes '017…'.
         # compare_digest() raises TypeError on non-ASCII str, so refuse that first.
         if (
-            not expires.isascii()
-            or expires != str(int(expires))
+            expires != str(when)
             or not signature.isascii()
-            or not hmac.compare_digest(self._signature(path, int(expires)), signature)
+            or not hmac.compare_digest(self._signature(path, when), signature)
         ):
             raise SignatureInvalid("The request signature does not match.")
-        if int(expires) < time.time():
+        if when < time.time():
             raise SignatureInvalid("Request has expired.")

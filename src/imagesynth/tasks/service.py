@@ -123,6 +123,8 @@ class TaskService:
     def get(self, key: ApiKey, task_id: str) -> Task | None:
         """The task, or None if it never existed, expired, or belongs to another key."""
         self.admission.take_query(key)
+        if not _may_name_a_task(task_id):
+            return None
         return self.store.get_task(task_id, key.id)
 
     def list(
@@ -134,9 +136,15 @@ class TaskService:
     def cancel(self, key: ApiKey, task_id: str) -> None:
         self.admission.take_query(key)
         # Another key's task and an unknown id get the same answer: ids are not disclosed.
-        if not self.store.cancel_pending(task_id, key.id):
+        if not _may_name_a_task(task_id) or not self.store.cancel_pending(task_id, key.id):
             raise UnsupportedOperation()
 
     def abandon(self, task_id: str) -> TaskStatus | None:
         """The synchronous caller went away: don't leave its task running for nobody."""
         return self.store.request_cancel(task_id)
+
+
+def _may_name_a_task(task_id: str) -> bool:
+    """Whether an id could be a task's: ids are UUIDs, and one holding a NUL (which PostgreSQL
+    text cannot even hold) is answered as unknown without asking the store."""
+    return "\x00" not in task_id
