@@ -39,8 +39,9 @@ def task_row(home: Home, task_id: str) -> sqlite3.Row:
     return row
 
 
-def attempt_dirs(home: Home, task_id: str) -> list[str]:
-    folder = home.path / "files" / task_id
+def attempt_dirs(home: Path, task_id: str) -> list[str]:
+    """The attempt folders of a task's result files in the home folder `home`."""
+    folder = home / "files" / task_id
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
@@ -70,7 +71,7 @@ def test_worker_killed_mid_task_task_succeeds_exactly_once(start: Launcher) -> N
     row = task_row(server.home, task_id)
     assert row["attempts"] == 2
     # The killed attempt left no files; the rerun's are the only ones.
-    assert attempt_dirs(server.home, task_id) == ["2"]
+    assert attempt_dirs(server.home.path, task_id) == ["2"]
     assert "/2/0.png" in done["output"]["results"][0]["url"]
     assert succeeded_lines([first.log, second.log], task_id) == 1
     # It stays done: nothing reruns it later.
