@@ -34,6 +34,10 @@ from imagesynth.tasks.store_sql import SqlStore
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_SECONDS = 0.25
+# Loading a pipeline is not thread-safe (diffusers' lazy imports; accelerate's init_empty_weights
+# patches torch.nn.Module for the whole process): one load at a time in a process, however many
+# workers it runs.
+_LOADING = threading.Lock()
 DATA_INSPECTION_FAILED = "DataInspectionFailed"
 
 
@@ -133,8 +137,9 @@ class Worker:
         adapter = self._adapters.get(engine_spec)
         if adapter is None:
             started = time.monotonic()
-            adapter = create_adapter(engine_spec)
-            adapter.load()
+            with _LOADING:
+                adapter = create_adapter(engine_spec)
+                adapter.load()
             self._adapters[engine_spec] = adapter
             log.info(
                 "loaded %s pipeline from %s in %.1fs",
