@@ -193,6 +193,17 @@ class Home:
         finally:
             runtime.store.close()
 
+    def usage(self, **filters: str) -> list[dict[str, Any]]:
+        """The usage report's rows (as `imagesynth usage --json` prints them), read in the
+        test process; `filters`: key, model, since, by."""
+        runtime = Runtime.open(self.settings)
+        try:
+            admin = runtime.admin()
+            currency = admin.catalog.billing.currency
+            return [row.to_json(currency) for row in admin.usage(**filters)]
+        finally:
+            runtime.store.close()
+
 
 @pytest.fixture(scope="session")
 def make_home(tmp_path_factory: pytest.TempPathFactory, demo_weights: Path) -> Callable[..., Home]:
