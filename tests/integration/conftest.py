@@ -140,19 +140,29 @@ def start_service(
         yield start
 
 
-@pytest.fixture(scope="module")
-def server(make_settings: Callable[..., Settings]) -> Iterator[InProcessService]:
-    """One in-process service (ASGI, one worker) shared by a module's tests: for tests that
-    need no state of their own."""
+@pytest.fixture(scope="package")
+def shared_asgi(make_settings: Callable[..., Settings]) -> Iterator[InProcessService]:
     with open_service(make_settings()) as service:
         yield service
 
 
-@pytest.fixture(scope="module")
-def http_server(make_settings: Callable[..., Settings]) -> Iterator[InProcessService]:
-    """One in-process service on a real port (one worker) shared by a module's tests."""
+@pytest.fixture(scope="package")
+def shared_http(make_settings: Callable[..., Settings]) -> Iterator[InProcessService]:
     with open_service(make_settings(), transport="http") as service:
         yield service
+
+
+@pytest.fixture(scope="module")
+def server(shared_asgi: InProcessService, request: pytest.FixtureRequest) -> InProcessService:
+    """An in-process service (ASGI, one worker) for tests that need no state of their own:
+    one for all such modules (its pipelines load once), with a key of this module's own."""
+    return shared_asgi.with_key(shared_asgi.create_key(request.module.__name__))
+
+
+@pytest.fixture(scope="module")
+def http_server(shared_http: InProcessService, request: pytest.FixtureRequest) -> InProcessService:
+    """The same as `server` on a real port (for the SDK, or links fetched by URL)."""
+    return shared_http.with_key(shared_http.create_key(request.module.__name__))
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ CLI itself) runs as subprocesses instead: see conftest.py.
 
 from __future__ import annotations
 
+import copy
 import socket
 import threading
 import time
@@ -175,6 +176,13 @@ class InProcessService(ApiClient):
 
     def create_key(self, name: str = "test", *, limited: bool = False, **changes: Any) -> str:
         return create_key(self.runtime, name, limited=limited, **changes)
+
+    def with_key(self, key: str) -> InProcessService:
+        """The same running service, with `key` as the default key of what is done through
+        the copy (a key sees only its own tasks: a view of a shared service of one's own)."""
+        view = copy.copy(self)
+        view.key = key
+        return view
 
     @property
     def admin_token(self) -> str:

@@ -17,9 +17,10 @@ from typing import Any, ClassVar
 import pytest
 from dashscope import ImageSynthesis
 
+from imagesynth.config import Settings
 from tests.integration.conftest import sdk_pointed_at
 from tests.integration.images import fetch_png
-from tests.integration.inprocess import InProcessService
+from tests.integration.inprocess import InProcessService, open_service
 from tests.unit.tiny_lm import build_tiny_lm
 
 MODEL = "wan2.2-t2i-flash"
@@ -59,6 +60,13 @@ def fake_llm() -> Iterator[str]:
     FakeLLM.requests = []
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def screening(make_settings: Callable[..., Settings]) -> Iterator[InProcessService]:
+    """A service with no worker, for tests that only submit."""
+    with open_service(make_settings(), workers=0, transport="http") as service:
+        yield service
 
 
 def moment(text: str) -> float:
@@ -148,11 +156,11 @@ def test_without_a_rewriter_the_prompt_is_kept(sdk: InProcessService) -> None:
     ],
 )
 def test_blocked_terms_and_disguises_are_refused(
-    sdk: InProcessService, field: str, text: str
+    screening: InProcessService, field: str, text: str
 ) -> None:
     fields = {"prompt": "a portrait", field: text}
-    with sdk_pointed_at(sdk):
-        rsp = ImageSynthesis.async_call(model=MODEL, api_key=sdk.key, n=1, **fields)
+    with sdk_pointed_at(screening):
+        rsp = ImageSynthesis.async_call(model=MODEL, api_key=screening.key, n=1, **fields)
     assert rsp.status_code == 400
     assert rsp.code == "DataInspectionFailed"
     assert rsp.message == "Input or output data may contain inappropriate content."
@@ -161,9 +169,10 @@ def test_blocked_terms_and_disguises_are_refused(
 @pytest.mark.parametrize(
     "prompt", ["a therapist in Scunthorpe", "the pen is red", "特色，情侣在海边", "a nude lipstick"]
 )
-def test_clean_prompts_pass(sdk: InProcessService, prompt: str) -> None:
-    with sdk_pointed_at(sdk):
+def test_clean_prompts_pass(screening: InProcessService, prompt: str) -> None:
+    with sdk_pointed_at(screening):
         rsp = ImageSynthesis.async_call(
-            model=MODEL, prompt=prompt, api_key=sdk.key, n=1, negative_prompt="nsfw, nude"
+            model=MODEL, prompt=prompt, api_key=screening.key, n=1, negative_prompt="nsfw, nude"
         )
     assert rsp.status_code == 200, rsp
+    assert rsp.output.task_status == "PENDING" and rsp.output.task_id  # queued
