@@ -118,7 +118,8 @@ def start_service(
 ) -> Iterator[Callable[..., InProcessService]]:
     """Factory: a running in-process service on a fresh home, shut down after the test.
 
-    start_service(workers=1, prompt_stage=False, transport="asgi", **settings)."""
+    start_service(workers=1, prompt_stage=False, transport="asgi", **settings); or on the
+    state of an existing home with settings=home.settings (as a restarted `serve` would be)."""
     with ExitStack() as stack:
 
         def start(
@@ -126,11 +127,13 @@ def start_service(
             workers: int = 1,
             prompt_stage: bool = False,
             transport: Transport = "asgi",
-            **settings: Any,
+            settings: Settings | None = None,
+            **overrides: Any,
         ) -> InProcessService:
+            assert settings is None or not overrides, "settings or overrides, not both"
             return stack.enter_context(
                 open_service(
-                    make_settings(**settings),
+                    settings or make_settings(**overrides),
                     workers=workers,
                     prompt_stage=prompt_stage,
                     transport=transport,
