@@ -10,13 +10,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import dashscope
 import httpx
 from dashscope import ImageSynthesis
 from PIL import Image
 
 from tests.integration.api_client import ASYNC, SUBMIT_PATH
-from tests.integration.conftest import BIN, Home, clean_environment, free_port
+from tests.integration.conftest import (
+    BIN,
+    Home,
+    clean_environment,
+    free_port,
+    sdk_at,
+)
 from tests.integration.inprocess import InProcessService, open_service
 from tests.unit.tiny_lm import build_tiny_lm
 
@@ -193,14 +198,10 @@ def test_first_start_creates_a_key_and_prints_a_snippet(
             except httpx.HTTPError:
                 time.sleep(0.1)
         # The printed key works with the SDK at once.
-        saved = dashscope.base_http_api_url
-        dashscope.base_http_api_url = f"http://127.0.0.1:{port}/api/v1"
-        try:
+        with sdk_at(f"http://127.0.0.1:{port}/api/v1"):
             rsp = ImageSynthesis.call(
                 model="wan2.2-t2i-flash", prompt="hello", n=1, size="512*512", api_key=key
             )
-        finally:
-            dashscope.base_http_api_url = saved
         assert rsp.status_code == 200 and rsp.output.task_status == "SUCCEEDED"
     finally:
         proc.terminate()
