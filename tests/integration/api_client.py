@@ -15,7 +15,6 @@ from PIL import Image
 
 SUBMIT_PATH = "/api/v1/services/aigc/text2image/image-synthesis"
 ASYNC = {"X-DashScope-Async": "enable"}
-FINAL = ("SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN")
 
 
 class HttpClient(Protocol):
