@@ -204,19 +204,26 @@ class InProcessService(ApiClient):
         """The app served, its lifespan started, until the block ends; then shut down as
         `serve` shuts down (background threads stopped, a running task handed back)."""
         try:
-            if self.transport == "asgi":
-                with TestClient(self.app, base_url=self.url) as test_client:
-                    self._test_client = test_client
-                    try:
-                        yield self
-                    finally:
-                        self._test_client = None
-            else:
-                with _uvicorn(self.app) as url:
-                    self.url = url
-                    yield self
+            with self._served():
+                assert self.started, "the app's lifespan did not run its startup hook"
+                yield self
+            assert self.stopped, "the app's lifespan did not run its shutdown hook"
         finally:
             self.runtime.store.close()
+
+    @contextmanager
+    def _served(self) -> Iterator[None]:
+        if self.transport == "asgi":
+            with TestClient(self.app, base_url=self.url) as test_client:
+                self._test_client = test_client
+                try:
+                    yield
+                finally:
+                    self._test_client = None
+        else:
+            with _uvicorn(self.app) as url:
+                self.url = url
+                yield
 
 
 @contextmanager
