@@ -1,4 +1,13 @@
-"""The real service in subprocesses on free ports, over real HTTP, with tiny real pipelines."""
+"""The real service with tiny real pipelines, two ways.
+
+In the test process (inprocess.py): the runtime and app `imagesynth serve` builds, served over
+ASGI or by uvicorn on a free port, with worker threads. Most tests use these: `server`, `sdk`,
+`idle_sdk` and `start_service`.
+
+As subprocesses (`Launcher`, `start`): `imagesynth serve` and `imagesynth worker` on free
+ports, for tests where processes are the point: crashes and restarts, several processes on one
+database, the CLI, the SDK end to end.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +18,51 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dashscope
+import dashscope.client.base_api as dashscope_base_api
 import httpx
 import pytest
 
+from imagesynth.config import Settings
+from imagesynth.runtime import Runtime
+from tests.integration.api_client import SUBMIT_PATH, ApiClient
+from tests.integration.inprocess import (
+    FAST_SETTINGS,
+    InProcessService,
+    Transport,
+    create_key,
+    home_settings,
+    open_service,
+)
+
+__all__ = ["SUBMIT_PATH"]  # re-exported: tests import it from here
+
 BIN = Path(sys.executable).parent / "imagesynth"
-SUBMIT_PATH = "/api/v1/services/aigc/text2image/image-synthesis"
+
+
+def imagesynth_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`imagesynth ARGS...` as a user runs it; it must exit 0. `env` defaults to this
+    environment without IMAGESYNTH_* and DASHSCOPE_* variables."""
+    return subprocess.run(
+        [str(BIN), *args],
+        env=clean_environment() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without imagesynth's or the SDK's variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("IMAGESYNTH_", "DASHSCOPE_"))}
 
 
 def free_port() -> int:
@@ -28,30 +71,194 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# -- demo weights and homes ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def demo_weights(demo_root: Path) -> Path:
+    """The session's demo weights (tests/conftest.py builds them once for unit and integration
+    tests alike; test_cli.py checks that `imagesynth models make-demo` builds them too)."""
+    return demo_root
+
+
+@pytest.fixture(scope="session")
+def make_settings(
+    tmp_path_factory: pytest.TempPathFactory, demo_weights: Path
+) -> Callable[..., Settings]:
+    """Factory: the Settings of a fresh home; keyword arguments are more Settings fields."""
+
+    def make(**overrides: Any) -> Settings:
+        return home_settings(tmp_path_factory.mktemp("home"), demo_weights, **overrides)
+
+    return make
+
+
+# -- the service in the test process ---------------------------------------------------------
+
+
+SDK_POLL_SECONDS = 0.1
+
+
+class _QuickPolls:
+    """The `time` module as the SDK's task wait sees it, sleeping at most SDK_POLL_SECONDS
+    between queries: its own pace (1 s, growing to 5 s) suits the hosted service, and would
+    make a call here take up to twice as long as its task."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(min(seconds, SDK_POLL_SECONDS))
+
+
+@contextmanager
+def sdk_at(api_url: str) -> Iterator[None]:
+    """The official SDK's base URL set to `api_url` for the duration (and its waits for a
+    task polling every SDK_POLL_SECONDS)."""
+    saved = dashscope.base_http_api_url
+    dashscope.base_http_api_url = api_url
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dashscope_base_api, "time", _QuickPolls())
+        try:
+            yield
+        finally:
+            dashscope.base_http_api_url = saved
+
+
+@contextmanager
+def sdk_pointed_at(server: ApiClient) -> Iterator[ApiClient]:
+    """The official SDK pointed at `server` for the duration (see sdk_at)."""
+    with sdk_at(server.api):
+        yield server
+
+
+@pytest.fixture
+def start_service(
+    make_settings: Callable[..., Settings],
+) -> Iterator[Callable[..., InProcessService]]:
+    """Factory: a running in-process service on a fresh home, shut down after the test.
+
+    start_service(workers=1, prompt_stage=False, transport="asgi", **settings); or on the
+    state of an existing home with settings=home.settings (as a restarted `serve` would be)."""
+    with ExitStack() as stack:
+
+        def start(
+            *,
+            workers: int = 1,
+            prompt_stage: bool = False,
+            transport: Transport = "asgi",
+            settings: Settings | None = None,
+            **overrides: Any,
+        ) -> InProcessService:
+            assert settings is None or not overrides, "settings or overrides, not both"
+            return stack.enter_context(
+                open_service(
+                    settings or make_settings(**overrides),
+                    workers=workers,
+                    prompt_stage=prompt_stage,
+                    transport=transport,
+                )
+            )
+
+        yield start
+
+
+@pytest.fixture(scope="package")
+def shared_asgi(make_settings: Callable[..., Settings]) -> Iterator[InProcessService]:
+    with open_service(make_settings()) as service:
+        yield service
+
+
+@pytest.fixture(scope="package")
+def shared_http(make_settings: Callable[..., Settings]) -> Iterator[InProcessService]:
+    with open_service(make_settings(), transport="http") as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def server(shared_asgi: InProcessService, request: pytest.FixtureRequest) -> InProcessService:
+    """An in-process service (ASGI, one worker) for tests that need no state of their own:
+    one for all such modules (its pipelines load once), with a key of this module's own."""
+    return shared_asgi.with_key(shared_asgi.create_key(request.module.__name__))
+
+
+@pytest.fixture(scope="module")
+def http_server(shared_http: InProcessService, request: pytest.FixtureRequest) -> InProcessService:
+    """The same as `server` on a real port (for the SDK, or links fetched by URL)."""
+    return shared_http.with_key(shared_http.create_key(request.module.__name__))
+
+
+@pytest.fixture
+def sdk(http_server: InProcessService) -> Iterator[InProcessService]:
+    """The module's `http_server`, with the SDK pointed at it."""
+    with sdk_pointed_at(http_server):
+        yield http_server
+
+
+@pytest.fixture
+def idle_sdk(start_service: Callable[..., InProcessService]) -> Iterator[InProcessService]:
+    """A fresh in-process service with no worker (tasks stay PENDING), the SDK pointed at it."""
+    service = start_service(workers=0, transport="http")
+    with sdk_pointed_at(service):
+        yield service
+
+
+# -- the service as subprocesses -------------------------------------------------------------
+
+
 @dataclass
 class Home:
     """One IMAGESYNTH_HOME: the state that server and worker processes share."""
 
     path: Path
     env: dict[str, str]
+    settings: Settings  # the same settings as `env`, for work done in the test process
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=True,
-        )
+        return imagesynth_cli(*args, env=self.env, timeout=timeout)
 
-    def create_key(self, name: str = "test", *options: str, limited: bool = False) -> str:
-        """A new key. Unless `limited`, with limits out of the way of tests about other
-        things; `options` are more `keys create` flags."""
-        generous = (
-            () if limited else ("--rps", "1000", "--in-flight", "100", "--max-pending", "10000")
+    def create_key(self, name: str = "test", *, limited: bool = False, **changes: Any) -> str:
+        """A new key on this home's database, made in the test process (inprocess.create_key;
+        test_cli.py creates keys with the CLI)."""
+        runtime = Runtime.open(self.settings)
+        try:
+            return create_key(runtime, name, limited=limited, **changes)
+        finally:
+            runtime.stores.close()
+
+    def usage(self, **filters: str) -> list[dict[str, Any]]:
+        """The usage report's rows (as `imagesynth usage --json` prints them), read in the
+        test process; `filters`: key, model, since, by."""
+        runtime = Runtime.open(self.settings)
+        try:
+            admin = runtime.admin()
+            currency = admin.catalog.billing.currency
+            return [row.to_json(currency) for row in admin.usage(**filters)]
+        finally:
+            runtime.stores.close()
+
+
+@pytest.fixture(scope="session")
+def make_home(tmp_path_factory: pytest.TempPathFactory, demo_weights: Path) -> Callable[..., Home]:
+    """Factory: a fresh IMAGESYNTH_HOME for subprocesses; keyword arguments become
+    IMAGESYNTH_* settings."""
+
+    def make(**settings: str) -> Home:
+        path = tmp_path_factory.mktemp("home")
+        env = clean_environment()
+        values = {**FAST_SETTINGS, **settings}
+        env.update(
+            {
+                "IMAGESYNTH_HOME": str(path),
+                "IMAGESYNTH_DEMO_WEIGHTS_DIR": str(demo_weights),
+                "HF_HUB_OFFLINE": "1",
+            }
         )
-        return self.cli("keys", "create", "--name", name, *generous, *options).stdout.strip()
+        env.update({f"IMAGESYNTH_{k.upper()}": v for k, v in values.items()})
+        return Home(path, env, home_settings(path, demo_weights, **settings))
+
+    return make
 
 
 @dataclass
@@ -81,7 +288,9 @@ class Proc:
 
 
 @dataclass
-class Server:
+class Server(ApiClient):
+    """`imagesynth serve` in a subprocess."""
+
     home: Home
     proc: Proc
     port: int
@@ -91,86 +300,9 @@ class Server:
     def __post_init__(self) -> None:
         self.url = f"http://127.0.0.1:{self.port}"
 
-    @property
-    def api(self) -> str:
-        return self.url + "/api/v1"
-
-    def client(self, key: str | None = None) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {key or self.key}"},
-            timeout=60,
-        )
-
-    def submit(self, body: dict[str, Any], key: str | None = None) -> str:
-        with self.client(key) as c:
-            r = c.post(SUBMIT_PATH, json=body, headers={"X-DashScope-Async": "enable"})
-        assert r.status_code == 200, r.text
-        return str(r.json()["output"]["task_id"])
-
-    def query(self, task_id: str, key: str | None = None) -> dict[str, Any]:
-        with self.client(key) as c:
-            r = c.get(f"/api/v1/tasks/{task_id}")
-        assert r.status_code == 200, r.text
-        return dict(r.json())
-
-    def wait(
-        self,
-        task_id: str,
-        until: Callable[[dict[str, Any]], bool] | None = None,
-        timeout: float = 120,
-        key: str | None = None,
-    ) -> dict[str, Any]:
-        """Poll until `until(reply)` (default: the task ended)."""
-        done = until or (
-            lambda r: r["output"]["task_status"] in ("SUCCEEDED", "FAILED", "CANCELED")
-        )
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self.query(task_id, key)
-            if done(reply):
-                return reply
-            if time.monotonic() > deadline:
-                raise AssertionError(f"task {task_id} timed out in state {reply}")
-            time.sleep(0.1)
-
-
-@pytest.fixture(scope="session")
-def demo_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Demo weights built once, through the CLI a user would run."""
-    root = tmp_path_factory.mktemp("demo-weights")
-    subprocess.run(
-        [str(BIN), "models", "make-demo", str(root)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return root
-
-
-@pytest.fixture(scope="session")
-def make_home(tmp_path_factory: pytest.TempPathFactory, demo_weights: Path) -> Callable[..., Home]:
-    """Factory: a fresh IMAGESYNTH_HOME; keyword arguments become IMAGESYNTH_* settings."""
-
-    def make(**settings: str) -> Home:
-        path = tmp_path_factory.mktemp("home")
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("IMAGESYNTH_", "DASHSCOPE_"))
-        }
-        env.update(
-            {
-                "IMAGESYNTH_HOME": str(path),
-                "IMAGESYNTH_DEMO_WEIGHTS_DIR": str(demo_weights),
-                "IMAGESYNTH_LEASE_SECONDS": "2",
-                "IMAGESYNTH_MAINTENANCE_INTERVAL_SECONDS": "0.3",
-                "IMAGESYNTH_WORKER_POLL_SECONDS": "0.05",
-                "HF_HUB_OFFLINE": "1",
-            }
-        )
-        env.update({f"IMAGESYNTH_{k.upper()}": v for k, v in settings.items()})
-        return Home(path, env)
-
-    return make
+    def client(self, key: str | None = None, *, authorized: bool = True) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key or self.key}"} if authorized else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
 class Launcher:
@@ -225,36 +357,3 @@ def start(make_home: Callable[..., Home]) -> Iterator[Launcher]:
     launcher = Launcher(make_home)
     yield launcher
     launcher.stop_all()
-
-
-@pytest.fixture(scope="module")
-def server(make_home: Callable[..., Home]) -> Iterator[Server]:
-    """One server shared by a module's tests: for tests that need no state of their own."""
-    launcher = Launcher(make_home)
-    yield launcher()
-    launcher.stop_all()
-
-
-@contextmanager
-def sdk_pointed_at(server: Server) -> Iterator[Server]:
-    """The official SDK's base URL pointed at `server` for the duration."""
-    saved = dashscope.base_http_api_url
-    dashscope.base_http_api_url = server.api
-    try:
-        yield server
-    finally:
-        dashscope.base_http_api_url = saved
-
-
-@pytest.fixture
-def sdk(server: Server) -> Iterator[Server]:
-    """The module's server, with the SDK pointed at it."""
-    with sdk_pointed_at(server):
-        yield server
-
-
-@pytest.fixture
-def idle_sdk(start: Launcher) -> Iterator[Server]:
-    """A server with no worker (tasks stay PENDING), with the SDK pointed at it."""
-    with sdk_pointed_at(start(worker=False)) as server:
-        yield server

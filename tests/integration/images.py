@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import io
-
 import httpx
 import numpy as np
 from PIL import Image
 
+from tests.integration.api_client import png_of
+
 
 def fetch_png(url: str) -> Image.Image:
-    r = httpx.get(url, timeout=60)
-    assert r.status_code == 200, (r.status_code, r.text[:300])
-    assert r.headers["content-type"] == "image/png"
-    image = Image.open(io.BytesIO(r.content))
-    assert image.format == "PNG"
-    image.load()
-    return image
+    """The PNG at a result URL, fetched as a client would (a real URL)."""
+    return png_of(httpx.get(url, timeout=60))
 
 
 def max_abs_diff(a: Image.Image, b: Image.Image) -> int:

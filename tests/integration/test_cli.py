@@ -2,21 +2,41 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import dashscope
 import httpx
 from dashscope import ImageSynthesis
 from PIL import Image
 
-from tests.integration.conftest import BIN, Home, Server, free_port
+from tests.integration.api_client import ASYNC, SUBMIT_PATH
+from tests.integration.conftest import (
+    BIN,
+    Home,
+    clean_environment,
+    free_port,
+    sdk_at,
+)
+from tests.integration.inprocess import InProcessService, open_service
+from tests.unit.tiny_lm import build_tiny_lm
+
+FLASH = "wan2.2-t2i-flash"  # 0.14 per image
 
 
-def test_generate_saves_pngs(server: Server, tmp_path: Any) -> None:
+def generate_env(server: InProcessService) -> dict[str, str]:
+    return {
+        **clean_environment(),
+        "IMAGESYNTH_BASE_URL": server.api,
+        "IMAGESYNTH_API_KEY": server.key,
+    }
+
+
+def test_generate_saves_pngs(http_server: InProcessService, tmp_path: Any) -> None:
     out = tmp_path / "out"
     result = subprocess.run(
         [
@@ -34,11 +54,7 @@ def test_generate_saves_pngs(server: Server, tmp_path: Any) -> None:
             "-o",
             str(out),
         ],
-        env={
-            **server.home.env,
-            "IMAGESYNTH_BASE_URL": server.api,
-            "IMAGESYNTH_API_KEY": server.key,
-        },
+        env=generate_env(http_server),
         capture_output=True,
         text=True,
         timeout=120,
@@ -52,14 +68,10 @@ def test_generate_saves_pngs(server: Server, tmp_path: Any) -> None:
     assert "2 image(s)" in result.stderr
 
 
-def test_generate_reports_errors(server: Server, tmp_path: Any) -> None:
+def test_generate_reports_errors(http_server: InProcessService, tmp_path: Any) -> None:
     result = subprocess.run(
         [str(BIN), "generate", "x", "--size", "1*1", "-o", str(tmp_path)],
-        env={
-            **server.home.env,
-            "IMAGESYNTH_BASE_URL": server.api,
-            "IMAGESYNTH_API_KEY": server.key,
-        },
+        env=generate_env(http_server),
         capture_output=True,
         text=True,
         timeout=60,
@@ -67,6 +79,21 @@ def test_generate_reports_errors(server: Server, tmp_path: Any) -> None:
     )
     assert result.returncode == 1
     assert "InvalidParameter" in result.stderr and "size" in result.stderr
+
+
+def test_make_demo_builds_a_loadable_folder_per_family(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [str(BIN), "models", "make-demo", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    built = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    assert sorted(built) == ["qwen-image", "stable-diffusion", "wan"]
+    for family, folder in built.items():
+        index = json.loads((Path(folder) / "model_index.json").read_text())
+        assert index["_class_name"].endswith("Pipeline"), (family, index)
 
 
 def test_models_list_says_demo(make_home: Callable[..., Home]) -> None:
@@ -83,11 +110,68 @@ def test_models_list_says_demo(make_home: Callable[..., Home]) -> None:
     ):
         assert re.search(rf"^{re.escape(name)}\s+\S+\s+DEMO", out, re.M), out
     assert "noise" in out
+    assert "prompt_extend unavailable" in out  # no rewriter configured
+
+
+def test_models_list_names_the_local_rewriter(
+    make_home: Callable[..., Home], tmp_path: Path
+) -> None:
+    lm = build_tiny_lm(tmp_path / "tiny-lm", "a lighthouse")
+    out = make_home(rewriter_path=str(lm)).cli("models", "list").stdout
+    assert f"prompt_extend via local model {lm}" in out, out
+
+
+def test_keys_usage_and_admin_token_act_on_a_running_service(
+    make_home: Callable[..., Home],
+) -> None:
+    """keys create / set / revoke / list / show, usage and admin-token on the database of a
+    running service (in the test process, on the same home)."""
+    home = make_home()
+    with open_service(home.settings) as server:
+        secret = home.cli(
+            "keys", "create", "--name", "bob", "--monthly-cap", "0.10",
+            "-m", FLASH, "--free-quota", "1", "--rps", "50",
+        ).stdout.strip()  # fmt: skip
+
+        def submit() -> Any:
+            body = {"model": FLASH, "input": {"prompt": "x"}, "parameters": {"n": 2, "steps": 1}}
+            with server.client(secret) as c:
+                return c.post(SUBMIT_PATH, json=body, headers=ASYNC)
+
+        first = submit()
+        assert first.status_code == 200, first.text
+        done = server.wait(first.json()["output"]["task_id"], key=secret)
+        assert done["output"]["task_status"] == "SUCCEEDED"
+
+        # Two images: one free, one at 0.14, which reaches the cap of 0.10.
+        (row,) = json.loads(home.cli("usage", "--json", "--key", "bob", "--model", FLASH).stdout)
+        assert (row["calls"], row["succeeded"], row["images"], row["free_images"]) == (1, 1, 2, 1)
+        assert (row["amount"], row["free_images_left"]) == ("0.14", 0)
+        capped = submit()
+        assert capped.status_code == 429 and capped.json()["code"] == "Throttling.AllocationQuota"
+        changed = json.loads(home.cli("keys", "set", "bob", "--monthly-cap", "none").stdout)
+        assert changed["monthly_cap"] is None and changed["overrides"][FLASH]["rps"] == 50
+        assert submit().status_code == 200
+
+        # admin-token prints the credential the running service's admin API takes.
+        token = home.cli("admin-token").stdout.strip()
+        with server.anonymous() as c:
+            listed = c.get("/admin/v1/keys", headers={"Authorization": f"Bearer {token}"})
+        assert listed.status_code == 200 and "bob" in [k["name"] for k in listed.json()["keys"]]
+
+        assert "revoked" in home.cli("keys", "revoke", "bob").stdout
+        refused = submit()
+        assert refused.status_code == 401 and refused.json()["code"] == "InvalidApiKey"
+        listing = home.cli("keys", "list").stdout
+        assert re.search(r"\bbob\s+revoked\b", listing), listing
+        shown = json.loads(home.cli("keys", "show", "bob").stdout)
+        assert shown["status"] == "revoked" and shown["last_used_at"] is not None
+        assert shown["models"][FLASH]["free_images_left"] == 0
 
 
 def test_keys_are_stored_hashed(make_home: Callable[..., Home]) -> None:
     home = make_home()
-    secret = home.create_key("alice")
+    secret = home.cli("keys", "create", "--name", "alice").stdout.strip()
     assert re.fullmatch(r"sk-[0-9a-f]{48}", secret)
     assert secret.encode() not in (home.path / "imagesynth.db").read_bytes()
     listing = home.cli("keys", "list").stdout
@@ -129,14 +213,10 @@ def test_first_start_creates_a_key_and_prints_a_snippet(
             except httpx.HTTPError:
                 time.sleep(0.1)
         # The printed key works with the SDK at once.
-        saved = dashscope.base_http_api_url
-        dashscope.base_http_api_url = f"http://127.0.0.1:{port}/api/v1"
-        try:
+        with sdk_at(f"http://127.0.0.1:{port}/api/v1"):
             rsp = ImageSynthesis.call(
                 model="wan2.2-t2i-flash", prompt="hello", n=1, size="512*512", api_key=key
             )
-        finally:
-            dashscope.base_http_api_url = saved
         assert rsp.status_code == 200 and rsp.output.task_status == "SUCCEEDED"
     finally:
         proc.terminate()

@@ -1,4 +1,8 @@
-"""Crashes and restarts: no accepted task is lost, stuck, or completed twice."""
+"""Crashes and restarts: no accepted task is lost, stuck, or completed twice.
+
+What crashes or stops is a real process (`imagesynth worker` or `serve`, killed or sent
+SIGTERM); the API that the test talks to, and the worker or service that picks up afterwards,
+run in the test process on the same home."""
 
 from __future__ import annotations
 
@@ -8,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.conftest import Home, Launcher, Server
-from tests.integration.images import fetch_png
+from tests.integration.inprocess import InProcessService
 
 # Long enough on the tiny demo pipeline to be caught mid-run (several seconds).
+SLOW_STEPS = 30
 SLOW: dict[str, Any] = {
     "model": "wanx2.1-t2i-turbo",
     "input": {"prompt": "a slow one"},
-    "parameters": {"n": 1, "size": "1440*1440", "steps": 60, "seed": 1},
+    "parameters": {"n": 1, "size": "1440*1440", "steps": SLOW_STEPS, "seed": 1},
 }
 QUICK: dict[str, Any] = {
     "model": "wanx2.1-t2i-turbo",
@@ -39,56 +44,58 @@ def task_row(home: Home, task_id: str) -> sqlite3.Row:
     return row
 
 
-def attempt_dirs(home: Home, task_id: str) -> list[str]:
-    folder = home.path / "files" / task_id
+def attempt_dirs(home: Path, task_id: str) -> list[str]:
+    """The attempt folders of a task's result files in the home folder `home`."""
+    folder = home / "files" / task_id
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def succeeded_lines(logs: list[Path], task_id: str) -> int:
-    return sum(
-        1
-        for log in logs
-        for line in log.read_text(errors="replace").splitlines()
-        if f"task {task_id} succeeded" in line
-    )
-
-
-def test_worker_killed_mid_task_task_succeeds_exactly_once(start: Launcher) -> None:
-    server: Server = start(worker=False)
-    first = start.worker(server.home)
+def test_worker_killed_mid_task_task_succeeds_exactly_once(
+    start: Launcher,
+    make_home: Callable[..., Home],
+    start_service: Callable[..., InProcessService],
+) -> None:
+    home = make_home()
+    server = start_service(settings=home.settings, workers=0)
+    first = start.worker(home)
     task_id = server.submit(SLOW)
     reply = server.wait(task_id, until=running_with_progress)
-    assert reply["output"]["task_progress"]["steps"] == 60
+    assert reply["output"]["task_progress"]["steps"] == SLOW_STEPS
     first.kill()
 
-    second = start.worker(server.home)
+    server.start_worker()  # another worker
     done = server.wait(task_id, timeout=180)
     assert done["output"]["task_status"] == "SUCCEEDED", done
     assert len(done["output"]["results"]) == 1
-    assert fetch_png(done["output"]["results"][0]["url"]).size == (1440, 1440)
+    assert server.fetch_png(done["output"]["results"][0]["url"]).size == (1440, 1440)
 
-    row = task_row(server.home, task_id)
+    row = task_row(home, task_id)
     assert row["attempts"] == 2
     # The killed attempt left no files; the rerun's are the only ones.
-    assert attempt_dirs(server.home, task_id) == ["2"]
+    assert attempt_dirs(home.path, task_id) == ["2"]
     assert "/2/0.png" in done["output"]["results"][0]["url"]
-    assert succeeded_lines([first.log, second.log], task_id) == 1
+    # Billed once, as one call with one image.
+    (usage,) = home.usage(model=SLOW["model"])
+    assert (usage["calls"], usage["succeeded"], usage["images"]) == (1, 1, 1), usage
     # It stays done: nothing reruns it later.
     assert server.query(task_id)["output"]["task_status"] == "SUCCEEDED"
 
 
 def test_task_that_keeps_killing_workers_ends_failed(
-    start: Launcher, make_home: Callable[..., Home]
+    start: Launcher,
+    make_home: Callable[..., Home],
+    start_service: Callable[..., InProcessService],
 ) -> None:
-    server: Server = start(home=make_home(max_attempts="2"), worker=False)
+    home = make_home(max_attempts="2")
+    server = start_service(settings=home.settings, workers=0)
     task_id = server.submit(SLOW)
     for attempt in (1, 2):
-        worker = start.worker(server.home)
+        worker = start.worker(home)
         # The killed attempt's row reads RUNNING until its lease runs out: wait for this one.
         server.wait(
             task_id,
             until=lambda r, n=attempt: (
-                running_with_progress(r) and task_row(server.home, task_id)["attempts"] == n
+                running_with_progress(r) and task_row(home, task_id)["attempts"] == n
             ),
         )
         worker.kill()
@@ -100,32 +107,38 @@ def test_task_that_keeps_killing_workers_ends_failed(
     assert output["task_metrics"] == {"TOTAL": 1, "SUCCEEDED": 0, "FAILED": 1}
     assert done["usage"] == {"image_count": 0}
     # And another worker now leaves it alone.
-    start.worker(server.home)
+    server.start_worker()
     quick = server.wait(server.submit(QUICK))
     assert quick["output"]["task_status"] == "SUCCEEDED"
     assert server.query(task_id)["output"]["task_status"] == "FAILED"
 
 
-def test_pending_tasks_survive_a_restart(start: Launcher) -> None:
+def test_pending_tasks_survive_a_restart(
+    start: Launcher, start_service: Callable[..., InProcessService]
+) -> None:
     idle: Server = start(worker=False)
     task_ids = [idle.submit(QUICK) for _ in range(3)]
     idle.proc.stop()
 
-    again: Server = start(home=idle.home, key=idle.key)
+    # Started again on the same home (with its worker).
+    again = start_service(settings=idle.home.settings).with_key(idle.key)
     for task_id in task_ids:
         done = again.wait(task_id)
         assert done["output"]["task_status"] == "SUCCEEDED"
-        assert fetch_png(done["output"]["results"][0]["url"]).size == (512, 512)
+        assert again.fetch_png(done["output"]["results"][0]["url"]).size == (512, 512)
 
 
-def test_serve_stopped_mid_task_hands_it_back(start: Launcher) -> None:
+def test_serve_stopped_mid_task_hands_it_back(
+    start: Launcher, start_service: Callable[..., InProcessService]
+) -> None:
     server: Server = start()
     task_id = server.submit(SLOW)
     server.wait(task_id, until=running_with_progress)
     server.proc.stop()  # SIGTERM: a clean shutdown
     assert task_row(server.home, task_id)["status"] == "PENDING"
 
-    again: Server = start(home=server.home, key=server.key)
+    # Started again on the same home (with its worker).
+    again = start_service(settings=server.home.settings).with_key(server.key)
     done = again.wait(task_id, timeout=180)
     assert done["output"]["task_status"] == "SUCCEEDED"
     # A handed-back attempt does not count against the task.

@@ -1,4 +1,6 @@
-"""Every class of bad input gets the DashScope error shape with the right status and code."""
+"""Every class of bad input gets the DashScope error shape with the right status and code.
+
+Against the module's in-process service (over ASGI), and for the SDK one on a real port."""
 
 from __future__ import annotations
 
@@ -9,9 +11,8 @@ import pytest
 from dashscope import ImageSynthesis
 from dashscope.common.error import InvalidTask
 
-from tests.integration.conftest import SUBMIT_PATH, Server, sdk_pointed_at
-
-ASYNC = {"X-DashScope-Async": "enable"}
+from tests.integration.api_client import ASYNC, SUBMIT_PATH
+from tests.integration.inprocess import InProcessService
 
 
 def good(**parameters: Any) -> dict[str, Any]:
@@ -79,7 +80,7 @@ def assert_error(r: httpx.Response, status: int, code: str, *words: str) -> dict
     ],
 )
 def test_invalid_submissions(
-    server: Server, body: dict[str, Any], code: str, words: tuple[str, ...]
+    server: InProcessService, body: dict[str, Any], code: str, words: tuple[str, ...]
 ) -> None:
     with server.client() as c:
         r = c.post(SUBMIT_PATH, json=body, headers=ASYNC)
@@ -87,7 +88,7 @@ def test_invalid_submissions(
     assert_error(r, status, code, *words)
 
 
-def test_malformed_and_non_object_json(server: Server) -> None:
+def test_malformed_and_non_object_json(server: InProcessService) -> None:
     with server.client() as c:
         for raw in (b"{not json", b"[1, 2]", b"\xff\xfe", b""):
             r = c.post(
@@ -98,7 +99,7 @@ def test_malformed_and_non_object_json(server: Server) -> None:
             assert_error(r, 400, "InvalidParameter", "JSON")
 
 
-def test_body_size_is_bounded(server: Server) -> None:
+def test_body_size_is_bounded(server: InProcessService) -> None:
     with server.client() as c:
         r = c.post(
             SUBMIT_PATH,
@@ -108,13 +109,13 @@ def test_body_size_is_bounded(server: Server) -> None:
     assert_error(r, 413, "BadRequest.TooLarge")
 
 
-def test_missing_async_header(server: Server) -> None:
+def test_missing_async_header(server: InProcessService) -> None:
     with server.client() as c:
         r = c.post(SUBMIT_PATH, json={**good(), "model": "wanx2.1-t2i-turbo"})
     assert_error(r, 403, "AccessDenied", "current user api does not support synchronous calls")
 
 
-def test_wan22_runs_synchronously_without_the_header(server: Server) -> None:
+def test_wan22_runs_synchronously_without_the_header(server: InProcessService) -> None:
     with server.client() as c:
         r = c.post(SUBMIT_PATH, json=good())
     assert r.status_code == 200, r.text
@@ -122,6 +123,7 @@ def test_wan22_runs_synchronously_without_the_header(server: Server) -> None:
     assert output["task_status"] == "SUCCEEDED"
     assert len(output["results"]) == 1
     assert r.json()["usage"] == {"image_count": 1}
+    assert server.fetch_png(output["results"][0]["url"]).size == (512, 512)
 
 
 @pytest.mark.parametrize(
@@ -133,8 +135,10 @@ def test_wan22_runs_synchronously_without_the_header(server: Server) -> None:
         ({"Authorization": "Bearer"}, "Invalid API-key provided."),
     ],
 )
-def test_missing_or_wrong_key(server: Server, headers: dict[str, str], message: str) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as c:
+def test_missing_or_wrong_key(
+    server: InProcessService, headers: dict[str, str], message: str
+) -> None:
+    with server.anonymous() as c:
         for r in (
             c.post(SUBMIT_PATH, json=good(), headers={**ASYNC, **headers}),
             c.get("/api/v1/tasks/abc", headers=headers),
@@ -145,13 +149,13 @@ def test_missing_or_wrong_key(server: Server, headers: dict[str, str], message: 
             assert body["message"] == message
 
 
-def test_unknown_route_and_method(server: Server) -> None:
+def test_unknown_route_and_method(server: InProcessService) -> None:
     with server.client() as c:
         assert_error(c.get("/api/v1/no/such/route"), 404, "NotFound")
         assert_error(c.delete("/api/v1/tasks/abc"), 405, "MethodNotAllowed")
 
 
-def test_list_query_errors(server: Server) -> None:
+def test_list_query_errors(server: InProcessService) -> None:
     with server.client() as c:
         assert_error(c.get("/api/v1/tasks?page_size=0"), 400, "InvalidParameter", "page_size")
         assert_error(c.get("/api/v1/tasks?page_no=x"), 400, "InvalidParameter", "page_no")
@@ -165,7 +169,7 @@ def test_list_query_errors(server: Server) -> None:
         assert_error(c.get("/api/v1/tasks?status=DONE"), 400, "InvalidParameter", "status")
 
 
-def test_unknown_task_reads_unknown(server: Server) -> None:
+def test_unknown_task_reads_unknown(server: InProcessService) -> None:
     reply = server.query("00000000-0000-0000-0000-000000000000")
     assert reply["output"] == {
         "task_id": "00000000-0000-0000-0000-000000000000",
@@ -175,16 +179,15 @@ def test_unknown_task_reads_unknown(server: Server) -> None:
         assert_error(c.post("/api/v1/tasks/nope/cancel"), 400, "UnsupportedOperation")
 
 
-def test_sdk_sees_codes(server: Server) -> None:
-    with sdk_pointed_at(server):
-        rsp = ImageSynthesis.async_call(
-            model="wan2.2-t2i-flash", prompt="x", size="9*9", api_key=server.key
-        )
-        assert (rsp.status_code, rsp.code) == (400, "InvalidParameter")
-        rsp = ImageSynthesis.async_call(model="nope", prompt="x", api_key=server.key)
-        assert (rsp.status_code, rsp.code) == (404, "ModelNotFound")
-        rsp = ImageSynthesis.async_call(model="wanx-v1", prompt="x", api_key="sk-bad")
-        assert (rsp.status_code, rsp.code) == (401, "InvalidApiKey")
-        # call() raises on a failed submit, exactly as against the hosted API.
-        with pytest.raises(InvalidTask):
-            ImageSynthesis.call(model="wanx-v1", prompt="x", n=9, api_key=server.key)
+def test_sdk_sees_codes(idle_sdk: InProcessService) -> None:
+    rsp = ImageSynthesis.async_call(
+        model="wan2.2-t2i-flash", prompt="x", size="9*9", api_key=idle_sdk.key
+    )
+    assert (rsp.status_code, rsp.code) == (400, "InvalidParameter")
+    rsp = ImageSynthesis.async_call(model="nope", prompt="x", api_key=idle_sdk.key)
+    assert (rsp.status_code, rsp.code) == (404, "ModelNotFound")
+    rsp = ImageSynthesis.async_call(model="wanx-v1", prompt="x", api_key="sk-bad")
+    assert (rsp.status_code, rsp.code) == (401, "InvalidApiKey")
+    # call() raises on a failed submit, exactly as against the hosted API.
+    with pytest.raises(InvalidTask):
+        ImageSynthesis.call(model="wanx-v1", prompt="x", n=9, api_key=idle_sdk.key)

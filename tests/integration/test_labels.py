@@ -1,5 +1,5 @@
-"""Labels on the real server's images, read back the way a user would: pixels and
-`imagesynth inspect`."""
+"""Labels on the service's images (in-process, through the SDK), read back the way a user
+would: pixels and `imagesynth inspect`."""
 
 from __future__ import annotations
 
@@ -15,25 +15,26 @@ from dashscope import ImageSynthesis
 from PIL import Image
 
 from imagesynth.labels.visible import mark_box
-from tests.integration.conftest import Server
+from tests.integration.conftest import imagesynth_cli
 from tests.integration.images import fetch_png
+from tests.integration.inprocess import InProcessService
 
 SAME = 2  # as in test_sdk: same-seed reruns may differ by a rounding step
 
 
-def _call(server: Server, **kwargs: object):  # type: ignore[no-untyped-def]
+def _call(server: InProcessService, **kwargs: object):  # type: ignore[no-untyped-def]
     rsp = ImageSynthesis.call(api_key=server.key, **kwargs)
     assert rsp.status_code == 200, rsp
     assert rsp.output.task_status == "SUCCEEDED", rsp
     return rsp
 
 
-def _inspect(server: Server, path: Path) -> dict[str, Any]:
-    return dict(json.loads(server.home.cli("inspect", "--json", str(path)).stdout))
+def _inspect(path: Path) -> dict[str, Any]:
+    return dict(json.loads(imagesynth_cli("inspect", "--json", str(path)).stdout))
 
 
 @pytest.mark.parametrize("size", ["512*512", "1440*1440"])  # wan's smallest and largest
-def test_watermark_changes_only_the_bottom_right(sdk: Server, size: str) -> None:
+def test_watermark_changes_only_the_bottom_right(sdk: InProcessService, size: str) -> None:
     args = dict(model="wan2.2-t2i-flash", prompt="a harbour at noon", n=1, size=size, seed=21)
     plain = fetch_png(_call(sdk, watermark=False, **args).output.results[0].url)
     marked = fetch_png(_call(sdk, watermark=True, **args).output.results[0].url)
@@ -49,7 +50,9 @@ def test_watermark_changes_only_the_bottom_right(sdk: Server, size: str) -> None
     assert (diff > 64).sum() > 0.002 * width * height
 
 
-def test_inspect_reads_label_parameters_and_invisible_mark(sdk: Server, tmp_path: Path) -> None:
+def test_inspect_reads_label_parameters_and_invisible_mark(
+    sdk: InProcessService, tmp_path: Path
+) -> None:
     rsp = _call(
         sdk,
         model="wan2.2-t2i-flash",
@@ -65,7 +68,7 @@ def test_inspect_reads_label_parameters_and_invisible_mark(sdk: Server, tmp_path
     png = tmp_path / "result.png"
     png.write_bytes(httpx.get(result.url, timeout=60).content)
 
-    report = _inspect(sdk, png)
+    report = _inspect(png)
     assert report["ai_generated"] is True
     assert report["aigc"]["Label"] == "1"
     assert report["aigc"]["ContentProducer"] == "imagesynth"
@@ -80,7 +83,7 @@ def test_inspect_reads_label_parameters_and_invisible_mark(sdk: Server, tmp_path
     assert p["visible_watermark"] == "AI生成"
     assert report["invisible_watermark"]["found"] is True
 
-    text = sdk.home.cli("inspect", str(png)).stdout
+    text = imagesynth_cli("inspect", str(png)).stdout
     assert "Label=1 (AI-generated)" in text and "seed: 8" in text
     assert "invisible watermark: present" in text
 
@@ -93,7 +96,7 @@ def test_inspect_reads_label_parameters_and_invisible_mark(sdk: Server, tmp_path
         half = image.convert("RGB").resize((512, 512), Image.Resampling.LANCZOS)
     small = tmp_path / "shared.jpg"
     half.save(small, format="JPEG", quality=80)
-    report = _inspect(sdk, small)
+    report = _inspect(small)
     assert report["aigc"] is None and report["parameters"] is None
     assert report["invisible_watermark"]["found"] is True
     assert report["invisible_watermark"]["scale"] == 2.0
@@ -102,4 +105,4 @@ def test_inspect_reads_label_parameters_and_invisible_mark(sdk: Server, tmp_path
     buf = io.BytesIO()
     half.save(buf, format="JPEG", quality=80)
     Image.open(buf).resize((1024, 1024), Image.Resampling.BICUBIC).save(back, quality=95)
-    assert _inspect(sdk, back)["invisible_watermark"]["found"] is True
+    assert _inspect(back)["invisible_watermark"]["found"] is True

@@ -1,6 +1,6 @@
 """Partial and total failure, as the SDK sees them. The test plays the worker through the store's
-worker protocol (claim, files, fenced finish) on the server's own database, so it can decide
-which image slots fail."""
+worker protocol (claim, files, fenced finish) on the service's own database, so it can decide
+which image slots fail; the service (in-process, on a real port for the SDK) has no worker."""
 
 from __future__ import annotations
 
@@ -12,19 +12,19 @@ from imagesynth.domain import TaskStatus
 from imagesynth.storage.local import LocalBlobStore
 from imagesynth.storage.png import encode_png
 from imagesynth.tasks.models import ImageResult
-from tests.integration.conftest import Server
 from tests.integration.images import fetch_png
+from tests.integration.inprocess import InProcessService
 
 TIMEOUT = {"code": "InternalError.Timeout", "message": "The image timed out."}
 
 
-def play_worker(server: Server, fail: set[int]) -> str:
+def play_worker(server: InProcessService, fail: set[int]) -> str:
     """Submit n=3 through the SDK, then run it as a worker whose slots in `fail` fail."""
     rsp = ImageSynthesis.async_call(
         model="wanx2.1-t2i-plus", prompt="three", n=3, size="512*512", api_key=server.key
     )
-    store = SqlStores.open(f"sqlite:///{server.home.path / 'imagesynth.db'}")
-    blobs = LocalBlobStore(server.home.path / "files")
+    store = SqlStores.open(f"sqlite:///{server.path / 'imagesynth.db'}")
+    blobs = LocalBlobStore(server.path / "files")
     task = store.queue.claim("test-worker", ["wanx2.1-t2i-plus"], 30)
     assert task is not None and task.id == rsp.output.task_id
     results = []
@@ -44,7 +44,7 @@ def play_worker(server: Server, fail: set[int]) -> str:
     return str(task.id)
 
 
-def test_some_images_fail(idle_sdk: Server) -> None:
+def test_some_images_fail(idle_sdk: InProcessService) -> None:
     task_id = play_worker(idle_sdk, fail={1})
     rsp = ImageSynthesis.wait(task_id, api_key=idle_sdk.key)
     assert rsp.status_code == 200
@@ -57,7 +57,7 @@ def test_some_images_fail(idle_sdk: Server) -> None:
     assert rsp.usage.image_count == 2
 
 
-def test_all_images_fail(idle_sdk: Server) -> None:
+def test_all_images_fail(idle_sdk: InProcessService) -> None:
     task_id = play_worker(idle_sdk, fail={0, 1, 2})
     rsp = ImageSynthesis.wait(task_id, api_key=idle_sdk.key)
     assert rsp.status_code == 200 and rsp.code is None

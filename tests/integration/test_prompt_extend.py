@@ -1,5 +1,6 @@
-"""prompt_extend through the real service: an OpenAI-compatible rewriter served by the test,
-one that is too slow, and a local transformers LM built offline; blocked prompts."""
+"""prompt_extend through the service (in-process, its prompt stage running as in `serve`): an
+OpenAI-compatible rewriter served by the test, one that is too slow, and a local transformers
+LM built offline; blocked prompts."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from typing import Any, ClassVar
 import pytest
 from dashscope import ImageSynthesis
 
-from tests.integration.conftest import Home, Launcher, Server, sdk_pointed_at
+from imagesynth.config import Settings
+from tests.integration.conftest import sdk_pointed_at
+from tests.integration.images import fetch_png
+from tests.integration.inprocess import InProcessService, open_service
 from tests.unit.tiny_lm import build_tiny_lm
 
 MODEL = "wan2.2-t2i-flash"
@@ -58,11 +62,18 @@ def fake_llm() -> Iterator[str]:
     server.shutdown()
 
 
+@pytest.fixture(scope="module")
+def screening(make_settings: Callable[..., Settings]) -> Iterator[InProcessService]:
+    """A service with no worker, for tests that only submit."""
+    with open_service(make_settings(), workers=0, transport="http") as service:
+        yield service
+
+
 def moment(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").timestamp()
 
 
-def generate(server: Server, prompt: str, **extra: Any) -> Any:
+def generate(server: InProcessService, prompt: str, **extra: Any) -> Any:
     with sdk_pointed_at(server):
         rsp = ImageSynthesis.call(
             model=MODEL, prompt=prompt, api_key=server.key, n=1, size="512*512", steps=1, **extra
@@ -72,15 +83,16 @@ def generate(server: Server, prompt: str, **extra: Any) -> Any:
 
 
 def test_openai_compatible_rewriter_and_its_timeout(
-    fake_llm: str, make_home: Callable[..., Home], start: Launcher
+    fake_llm: str, start_service: Callable[..., InProcessService]
 ) -> None:
-    home = make_home(
+    server = start_service(
+        transport="http",
+        prompt_stage=True,
         rewriter_base_url=fake_llm,
         rewriter_model="prompt-writer",
         rewriter_api_key="llm-secret",
-        rewriter_timeout_seconds=str(TIMEOUT),
+        rewriter_timeout_seconds=TIMEOUT,
     )
-    server = start(home=home)
 
     rsp = generate(server, "a lighthouse")
     assert rsp.output.task_status == "SUCCEEDED"
@@ -105,24 +117,30 @@ def test_openai_compatible_rewriter_and_its_timeout(
 
 
 def test_local_lm_rewriter_runs_through_transformers(
-    tmp_path: Path, make_home: Callable[..., Home], start: Launcher
+    tmp_path: Path, start_service: Callable[..., InProcessService]
 ) -> None:
+    # (What `serve` and `models list` say about it: test_cli.py.)
     reply = "lone lighthouse on stormy cliffs at dusk"  # no token twice: see tiny_lm
     lm = build_tiny_lm(tmp_path / "tiny-lm", reply)
-    server = start(home=make_home(rewriter_path=str(lm), rewriter_timeout_seconds="60"))
-    assert "prompt_extend via local model" in server.proc.output()
+    server = start_service(
+        transport="http", prompt_stage=True, rewriter_path=lm, rewriter_timeout_seconds=60
+    )
 
     rsp = generate(server, "a lighthouse")
     assert rsp.output.results[0].actual_prompt == reply
+    assert "prompt_extend_note" not in rsp.output
     # A Chinese prompt must not come back in English: the rewrite is dropped.
     zh = generate(server, "海边的灯塔")
     assert zh.output.results[0].actual_prompt == "海边的灯塔"
 
 
-def test_without_a_rewriter_the_prompt_is_kept_and_the_log_says_so(sdk: Server) -> None:
-    assert "prompt_extend unavailable" in sdk.proc.output()
+def test_without_a_rewriter_the_prompt_is_kept(sdk: InProcessService) -> None:
+    # (That `models list` says prompt_extend is unavailable: test_cli.py.)
     rsp = generate(sdk, "a lighthouse")
-    assert rsp.output.results[0].actual_prompt == "a lighthouse"
+    assert rsp.output.task_status == "SUCCEEDED"
+    (result,) = rsp.output.results
+    assert result.actual_prompt == result.orig_prompt == "a lighthouse"
+    assert fetch_png(result.url).size == (512, 512)
 
 
 @pytest.mark.parametrize(
@@ -137,10 +155,12 @@ def test_without_a_rewriter_the_prompt_is_kept_and_the_log_says_so(sdk: Server) 
         ("negative_prompt", "blurry, child porn"),
     ],
 )
-def test_blocked_terms_and_disguises_are_refused(sdk: Server, field: str, text: str) -> None:
+def test_blocked_terms_and_disguises_are_refused(
+    screening: InProcessService, field: str, text: str
+) -> None:
     fields = {"prompt": "a portrait", field: text}
-    with sdk_pointed_at(sdk):
-        rsp = ImageSynthesis.async_call(model=MODEL, api_key=sdk.key, n=1, **fields)
+    with sdk_pointed_at(screening):
+        rsp = ImageSynthesis.async_call(model=MODEL, api_key=screening.key, n=1, **fields)
     assert rsp.status_code == 400
     assert rsp.code == "DataInspectionFailed"
     assert rsp.message == "Input or output data may contain inappropriate content."
@@ -149,9 +169,10 @@ def test_blocked_terms_and_disguises_are_refused(sdk: Server, field: str, text: 
 @pytest.mark.parametrize(
     "prompt", ["a therapist in Scunthorpe", "the pen is red", "特色，情侣在海边", "a nude lipstick"]
 )
-def test_clean_prompts_pass(sdk: Server, prompt: str) -> None:
-    with sdk_pointed_at(sdk):
+def test_clean_prompts_pass(screening: InProcessService, prompt: str) -> None:
+    with sdk_pointed_at(screening):
         rsp = ImageSynthesis.async_call(
-            model=MODEL, prompt=prompt, api_key=sdk.key, n=1, negative_prompt="nsfw, nude"
+            model=MODEL, prompt=prompt, api_key=screening.key, n=1, negative_prompt="nsfw, nude"
         )
     assert rsp.status_code == 200, rsp
+    assert rsp.output.task_status == "PENDING" and rsp.output.task_id  # queued

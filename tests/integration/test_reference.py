@@ -1,23 +1,25 @@
 """wanx-v1 reference images: by http(s) URL (fetched safely), local path and file:// (the SDK's
-upload flow), and every refused fetch."""
+upload flow), and every refused fetch. Against one in-process service on a real port (the SDK
+needs one), allowed to fetch from the test's relay host."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from dashscope import ImageSynthesis
 from PIL import Image, ImageDraw, ImageOps
 
-from tests.integration.conftest import SUBMIT_PATH, Home, Launcher, Server
+from imagesynth.config import Settings
+from tests.integration.api_client import ASYNC, SUBMIT_PATH
 from tests.integration.images import fetch_png, max_abs_diff, mean_abs_diff
+from tests.integration.inprocess import InProcessService, open_service
 from tests.integration.test_errors import assert_error
 from tests.integration.test_sdk import SAME
 
@@ -102,11 +104,16 @@ def relay(target: FileServer) -> Iterator[FileServer]:
 
 
 @pytest.fixture(scope="module")
-def server(make_home: Any) -> Iterator[Server]:
-    launcher = Launcher(make_home)
-    home: Home = make_home(fetch_allow_networks=f"{RELAY_HOST}/32")
-    yield launcher(home=home)
-    launcher.stop_all()
+def http_server(make_settings: Callable[..., Settings]) -> Iterator[InProcessService]:
+    """The module's service (and so `sdk`'s), allowed to fetch from the relay host."""
+    settings = make_settings(fetch_allow_networks=f"{RELAY_HOST}/32")
+    with open_service(settings, transport="http") as service:
+        yield service
+
+
+@pytest.fixture
+def server(http_server: InProcessService) -> InProcessService:
+    return http_server
 
 
 def other_reference() -> Image.Image:
@@ -114,7 +121,7 @@ def other_reference() -> Image.Image:
 
 
 def _call(
-    server: Server, ref_img: str, seed: int = 13, size: str = "1024*1024", **kwargs: Any
+    server: InProcessService, ref_img: str, seed: int = 13, size: str = "1024*1024", **kwargs: Any
 ) -> Image.Image:
     rsp = ImageSynthesis.call(
         model="wanx-v1",
@@ -136,7 +143,7 @@ def distance_to_reference(result: Image.Image) -> float:
     return mean_abs_diff(result, ImageOps.fit(reference_image(), result.size))
 
 
-def test_repaint_from_url_follows_ref_strength(sdk: Server, relay: FileServer) -> None:
+def test_repaint_from_url_follows_ref_strength(sdk: InProcessService, relay: FileServer) -> None:
     url = f"{relay.url}/ref.png"
     close = _call(sdk, url, ref_strength=1.0)
     loose = _call(sdk, url, ref_strength=0.0)
@@ -155,7 +162,7 @@ def test_repaint_from_url_follows_ref_strength(sdk: Server, relay: FileServer) -
 
 
 def test_local_path_and_file_url_go_through_the_upload_flow(
-    sdk: Server, relay: FileServer, tmp_path: Path
+    sdk: InProcessService, relay: FileServer, tmp_path: Path
 ) -> None:
     path = tmp_path / "my reference.png"
     path.write_bytes(png_bytes(reference_image()))
@@ -167,7 +174,7 @@ def test_local_path_and_file_url_go_through_the_upload_flow(
     assert max_abs_diff(by_url, by_file_url) <= SAME
 
 
-def test_refonly_differs_from_repaint(sdk: Server, relay: FileServer) -> None:
+def test_refonly_differs_from_repaint(sdk: InProcessService, relay: FileServer) -> None:
     url = f"{relay.url}/ref.png"
     refonly = [_call(sdk, url, seed=s, ref_mode="refonly", ref_strength=1.0) for s in (13, 14)]
     repaint = _call(sdk, url, ref_mode="repaint", ref_strength=1.0)
@@ -178,7 +185,7 @@ def test_refonly_differs_from_repaint(sdk: Server, relay: FileServer) -> None:
     assert mean_abs_diff(*refonly) > mean_abs_diff(repaint, repaint_14)
 
 
-def test_refonly_runs_through_the_ip_adapter(sdk: Server, relay: FileServer) -> None:
+def test_refonly_runs_through_the_ip_adapter(sdk: InProcessService, relay: FileServer) -> None:
     # The built-in wanx-v1 has the demo IP-Adapter (which path a task takes is checked in
     # tests/unit/test_engine.py): text to image at the requested size, steered by the
     # reference, so another reference with the same seed gives another image.
@@ -190,7 +197,7 @@ def test_refonly_runs_through_the_ip_adapter(sdk: Server, relay: FileServer) -> 
     assert mean_abs_diff(one, other) > 2.0
 
 
-def test_reference_parameters_are_validated(server: Server, relay: FileServer) -> None:
+def test_reference_parameters_are_validated(server: InProcessService, relay: FileServer) -> None:
     fetched_before = relay.hits.count("/ref.png")
     cases: list[tuple[dict[str, Any], dict[str, Any], str]] = [
         ({"ref_img": f"{relay.url}/ref.png"}, {"ref_strength": 1.5}, "ref_strength"),
@@ -204,20 +211,20 @@ def test_reference_parameters_are_validated(server: Server, relay: FileServer) -
                 "input": {"prompt": "x", **inputs},
                 "parameters": {"n": 1, **params},
             }
-            r = c.post(SUBMIT_PATH, json=body, headers={"X-DashScope-Async": "enable"})
+            r = c.post(SUBMIT_PATH, json=body, headers=ASYNC)
             assert_error(r, 400, "InvalidParameter", word)
         body = {
             "model": "wan2.2-t2i-flash",
             "input": {"prompt": "x", "ref_img": f"{relay.url}/ref.png"},
             "parameters": {"n": 1},
         }
-        r = c.post(SUBMIT_PATH, json=body, headers={"X-DashScope-Async": "enable"})
+        r = c.post(SUBMIT_PATH, json=body, headers=ASYNC)
         assert_error(r, 400, "InvalidParameter", "ref_img")
     # Validation comes before any download.
     assert relay.hits.count("/ref.png") == fetched_before
 
 
-def test_ref_image_spelling_is_accepted(server: Server, relay: FileServer) -> None:
+def test_ref_image_spelling_is_accepted(server: InProcessService, relay: FileServer) -> None:
     task_id = server.submit(
         {
             "model": "wanx-v1",
@@ -227,6 +234,7 @@ def test_ref_image_spelling_is_accepted(server: Server, relay: FileServer) -> No
     )
     done = server.wait(task_id)
     assert done["output"]["task_status"] == "SUCCEEDED"
+    assert server.fetch_png(done["output"]["results"][0]["url"]).size == (1024, 1024)
 
 
 def refused_cases(target: FileServer, relay: FileServer) -> list[tuple[str, int, str]]:
@@ -247,7 +255,7 @@ def refused_cases(target: FileServer, relay: FileServer) -> list[tuple[str, int,
     ]
 
 
-def test_refused_fetches(server: Server, target: FileServer, relay: FileServer) -> None:
+def test_refused_fetches(server: InProcessService, target: FileServer, relay: FileServer) -> None:
     with server.client() as c:
         queued_before = c.get("/api/v1/tasks").json()["total"]
         for url, status, code in refused_cases(target, relay):
@@ -256,7 +264,7 @@ def test_refused_fetches(server: Server, target: FileServer, relay: FileServer) 
                 "input": {"prompt": "x", "ref_img": url},
                 "parameters": {"n": 1},
             }
-            r = c.post(SUBMIT_PATH, json=body, headers={"X-DashScope-Async": "enable"})
+            r = c.post(SUBMIT_PATH, json=body, headers=ASYNC)
             assert_error(r, status, code)
         # Nothing was queued for any of them.
         assert c.get("/api/v1/tasks").json()["total"] == queued_before
@@ -264,8 +272,8 @@ def test_refused_fetches(server: Server, target: FileServer, relay: FileServer) 
     assert "/redirect" in relay.hits  # the relay was asked; where it pointed, never
 
 
-def test_uploads_are_private_to_their_key(server: Server) -> None:
-    other = server.home.create_key("other")
+def test_uploads_are_private_to_their_key(server: InProcessService) -> None:
+    other = server.create_key("other")
     with server.client() as c:
         policy = c.get("/api/v1/uploads", params={"action": "getPolicy", "model": "wanx-v1"})
         assert policy.status_code == 200, policy.text
@@ -277,13 +285,15 @@ def test_uploads_are_private_to_their_key(server: Server) -> None:
             "key": data["upload_dir"] + "/ref.png",
             "success_action_status": "200",
         }
-        files = {"file": ("ref.png", png_bytes(reference_image()), "image/png")}
-        assert httpx.post(data["upload_host"], data=form, files=files).status_code == 200
+    files = {"file": ("ref.png", png_bytes(reference_image()), "image/png")}
+    with server.anonymous() as upload:  # the upload host takes the signed form, no API key
+        host = data["upload_host"]
+        assert upload.post(host, data=form, files=files).status_code == 200
         # A forged signature, or a key outside the policy's folder, is refused.
         forged = {**form, "Signature": "0" * 64}
-        assert httpx.post(data["upload_host"], data=forged, files=files).status_code == 403
+        assert upload.post(host, data=forged, files=files).status_code == 403
         outside = {**form, "key": "imagesynth-uploads/elsewhere/ref.png"}
-        assert httpx.post(data["upload_host"], data=outside, files=files).status_code == 400
+        assert upload.post(host, data=outside, files=files).status_code == 400
 
     oss_url = "oss://" + form["key"]
     body = {
@@ -295,9 +305,10 @@ def test_uploads_are_private_to_their_key(server: Server) -> None:
     with server.client(other) as c:
         assert_error(c.post(SUBMIT_PATH, json=body, headers=headers), 400, "InvalidURL")
     with server.client() as c:
-        without_header = c.post(SUBMIT_PATH, json=body, headers={"X-DashScope-Async": "enable"})
+        without_header = c.post(SUBMIT_PATH, json=body, headers=ASYNC)
         assert_error(without_header, 400, "InvalidURL", "OssResourceResolve")
         r = c.post(SUBMIT_PATH, json=body, headers=headers)
     assert r.status_code == 200, r.text
     done = server.wait(r.json()["output"]["task_id"])
     assert done["output"]["task_status"] == "SUCCEEDED"
+    assert server.fetch_png(done["output"]["results"][0]["url"]).size == (1024, 1024)

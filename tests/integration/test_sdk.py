@@ -1,18 +1,55 @@
-"""The official dashscope SDK, unchanged, against the real server."""
+"""The official dashscope SDK, unchanged, end to end against `imagesynth serve` run as a user
+runs it: a subprocess on a port (one with its worker, one without, shared by the module)."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
+import pytest
 from dashscope import ImageSynthesis
 
-from tests.integration.conftest import Server
+from tests.integration.conftest import Home, Launcher, Server, sdk_pointed_at
 from tests.integration.images import fetch_png, max_abs_diff, mean_abs_diff
 
 # Tiny demo models on a CPU: same-seed reruns may differ by a rounding step, different seeds
 # give unrelated noise (mean difference in the tens).
 SAME = 2
 DIFFERENT = 5.0
+
+
+@pytest.fixture(scope="module")
+def launcher(make_home: Callable[..., Home]) -> Iterator[Launcher]:
+    launcher = Launcher(make_home)
+    yield launcher
+    launcher.stop_all()
+
+
+@pytest.fixture(scope="module")
+def serve(launcher: Launcher) -> Server:
+    """`imagesynth serve` with its worker."""
+    return launcher()
+
+
+@pytest.fixture(scope="module")
+def serve_idle(launcher: Launcher) -> Server:
+    """`imagesynth serve --no-worker`: tasks stay PENDING."""
+    return launcher(worker=False)
+
+
+@pytest.fixture
+def sdk(serve: Server) -> Iterator[Server]:
+    with sdk_pointed_at(serve):
+        yield serve
+
+
+@pytest.fixture
+def idle_sdk(serve_idle: Server, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """The idle server with a key of this test's own (a key sees only its own tasks)."""
+    key = serve_idle.home.create_key(request.node.name[:40])
+    with sdk_pointed_at(serve_idle):
+        yield dataclasses.replace(serve_idle, key=key)
 
 
 def _call(server: Server, **kwargs: object):  # type: ignore[no-untyped-def]

@@ -6,10 +6,9 @@ import time
 from collections.abc import Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import httpx
 import pytest
 
-from tests.integration.conftest import Home, Launcher, Server
+from tests.integration.inprocess import InProcessService
 from tests.integration.test_durability import QUICK, attempt_dirs
 
 
@@ -36,30 +35,33 @@ def _tampered(url: str) -> list[str]:
     return variants
 
 
-def test_signed_url_cannot_be_altered(server: Server) -> None:
+def test_signed_url_cannot_be_altered(server: InProcessService) -> None:
     done = server.wait(server.submit({**QUICK, "parameters": {"n": 2, "size": "512*512"}}))
     url = done["output"]["results"][0]["url"]
-    assert httpx.get(url).status_code == 200
+    assert server.fetch_png(url).size == (512, 512)
     assert "Expires=" in url and "Signature=" in url
     for bad in _tampered(url):
-        r = httpx.get(bad)
+        r = server.get(bad)
         assert r.status_code == 403, bad
         assert r.json()["code"] == "AccessDenied"
 
 
-def test_signed_url_expires(start: Launcher, make_home: Callable[..., Home]) -> None:
-    server: Server = start(home=make_home(url_ttl_seconds="3"))
+def test_signed_url_expires(start_service: Callable[..., InProcessService]) -> None:
+    server = start_service(url_ttl_seconds=3)
     done = server.wait(server.submit(QUICK))
     url = done["output"]["results"][0]["url"]
-    assert httpx.get(url).status_code == 200
-    time.sleep(4.1)
-    r = httpx.get(url)
+    expires = int(dict(parse_qsl(urlsplit(url).query))["Expires"])
+    assert server.fetch_png(url).size == (512, 512)
+    # Refused from its Expires on (a second of slack for the clock's resolution), not before.
+    while time.time() < expires + 1:
+        time.sleep(0.1)
+    r = server.get(url)
     assert r.status_code == 403
     assert r.json()["message"] == "Request has expired."
 
 
-def test_other_keys_tasks_are_invisible(server: Server) -> None:
-    other = server.home.create_key("other")
+def test_other_keys_tasks_are_invisible(server: InProcessService) -> None:
+    other = server.create_key("other")
     task_id = server.submit(QUICK)
     server.wait(task_id)
 
@@ -78,22 +80,22 @@ def test_other_keys_tasks_are_invisible(server: Server) -> None:
         assert c.get(f"/api/v1/tasks?task_id={task_id}").json()["total"] == 1
 
 
-@pytest.mark.parametrize("retention", ["2"])
+@pytest.mark.parametrize("retention", [2])
 def test_tasks_and_files_are_forgotten_after_retention(
-    start: Launcher, make_home: Callable[..., Home], retention: str
+    start_service: Callable[..., InProcessService], retention: int
 ) -> None:
-    server: Server = start(home=make_home(retention_seconds=retention))
+    server = start_service(retention_seconds=retention)
     task_id = server.submit(QUICK)
     done = server.wait(task_id)
     url = done["output"]["results"][0]["url"]
-    assert attempt_dirs(server.home, task_id) == ["1"]
+    assert attempt_dirs(server.path, task_id) == ["1"]
 
     deadline = time.monotonic() + 15
     while server.query(task_id)["output"]["task_status"] != "UNKNOWN":
         assert time.monotonic() < deadline, "task was not forgotten"
         time.sleep(0.2)
-    assert attempt_dirs(server.home, task_id) == []
-    r = httpx.get(url)
+    assert attempt_dirs(server.path, task_id) == []
+    r = server.get(url)
     assert r.status_code == 404
     assert r.json()["code"] == "NotFound"
     with server.client() as c:

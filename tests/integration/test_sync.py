@@ -1,11 +1,12 @@
 """Synchronous paths (Qwen-Image multimodal-generation, wan2.2 sync_call), the asyncio SDK and
-workspaces, through the official SDK."""
+workspaces, through the official SDK; against in-process services."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -14,8 +15,9 @@ from dashscope import ImageSynthesis, MultiModalConversation
 from dashscope.aigc.image_synthesis import AioImageSynthesis
 from dashscope.api_entities.aio_session import close_shared_aio_session
 
-from tests.integration.conftest import Launcher, Server, sdk_pointed_at
+from tests.integration.api_client import SUBMIT_PATH
 from tests.integration.images import fetch_png
+from tests.integration.inprocess import InProcessService
 from tests.integration.test_errors import assert_error
 
 MULTIMODAL = "/api/v1/services/aigc/multimodal-generation/generation"
@@ -25,7 +27,7 @@ def messages(text: str = "a poster that says hello") -> list[dict[str, Any]]:
     return [{"role": "user", "content": [{"text": text}]}]
 
 
-def test_qwen_multimodal_call(sdk: Server) -> None:
+def test_qwen_multimodal_call(sdk: InProcessService) -> None:
     rsp = MultiModalConversation.call(
         model="qwen-image-plus",
         messages=messages(),
@@ -46,7 +48,7 @@ def test_qwen_multimodal_call(sdk: Server) -> None:
     assert (rsp.usage.width, rsp.usage.height) == (1328, 1328)
 
 
-def test_multimodal_refuses_the_async_header(server: Server) -> None:
+def test_multimodal_refuses_the_async_header(server: InProcessService) -> None:
     body = {"model": "qwen-image", "input": {"messages": messages()}, "parameters": {}}
     with server.client() as c:
         r = c.post(MULTIMODAL, json=body, headers={"X-DashScope-Async": "enable"})
@@ -65,13 +67,15 @@ def test_multimodal_refuses_the_async_header(server: Server) -> None:
         [{"role": "user", "content": [{"text": 5}]}],
     ],
 )
-def test_multimodal_needs_one_user_message_with_one_text(server: Server, msgs: Any) -> None:
+def test_multimodal_needs_one_user_message_with_one_text(
+    server: InProcessService, msgs: Any
+) -> None:
     body = {"model": "qwen-image", "input": {"messages": msgs}}
     with server.client() as c:
         assert_error(c.post(MULTIMODAL, json=body), 400, "InvalidParameter", "messages")
 
 
-def test_multimodal_validates_like_everywhere(server: Server) -> None:
+def test_multimodal_validates_like_everywhere(server: InProcessService) -> None:
     with server.client() as c:
         r = c.post(
             MULTIMODAL,
@@ -88,7 +92,7 @@ def test_multimodal_validates_like_everywhere(server: Server) -> None:
         assert_error(r, 404, "ModelNotFound")
 
 
-def test_wan22_sync_call(sdk: Server) -> None:
+def test_wan22_sync_call(sdk: InProcessService) -> None:
     rsp = ImageSynthesis.sync_call(
         model="wan2.2-t2i-flash", prompt="a kite", n=2, size="640*640", seed=9, api_key=sdk.key
     )
@@ -98,7 +102,7 @@ def test_wan22_sync_call(sdk: Server) -> None:
     assert rsp.usage.image_count == 2
 
 
-def test_asyncio_sdk(sdk: Server) -> None:
+def test_asyncio_sdk(sdk: InProcessService) -> None:
     async def run() -> Any:
         rsp = await AioImageSynthesis.call(
             model="wanx2.0-t2i-turbo", prompt="a boat", n=1, size="512*768", api_key=sdk.key
@@ -114,27 +118,28 @@ def test_asyncio_sdk(sdk: Server) -> None:
     assert fetch_png(rsp.output.results[0].url).size == (512, 768)
 
 
-def test_workspace_is_recorded_and_filters_the_list(start: Launcher) -> None:
-    with sdk_pointed_at(start(worker=False)) as server:
-        key = server.key
-        in_a = ImageSynthesis.async_call(
-            model="wanx-v1", prompt="x", n=1, workspace="ws-a", api_key=key
-        ).output.task_id
-        in_b = ImageSynthesis.async_call(
-            model="wanx-v1", prompt="x", n=1, workspace="ws-b", api_key=key
-        ).output.task_id
-        listed_a = ImageSynthesis.list(workspace="ws-a", api_key=key).output["data"]
-        assert [t["task_id"] for t in listed_a] == [in_a]
-        assert listed_a[0]["workspace"] == "ws-a"
-        everything = ImageSynthesis.list(api_key=key).output["data"]
-        assert {t["task_id"] for t in everything} == {in_a, in_b}
+def test_workspace_is_recorded_and_filters_the_list(idle_sdk: InProcessService) -> None:
+    key = idle_sdk.key
+    in_a = ImageSynthesis.async_call(
+        model="wanx-v1", prompt="x", n=1, workspace="ws-a", api_key=key
+    ).output.task_id
+    in_b = ImageSynthesis.async_call(
+        model="wanx-v1", prompt="x", n=1, workspace="ws-b", api_key=key
+    ).output.task_id
+    listed_a = ImageSynthesis.list(workspace="ws-a", api_key=key).output["data"]
+    assert [t["task_id"] for t in listed_a] == [in_a]
+    assert listed_a[0]["workspace"] == "ws-a"
+    everything = ImageSynthesis.list(api_key=key).output["data"]
+    assert {t["task_id"] for t in everything} == {in_a, in_b}
 
 
 SLOW = {"n": 1, "size": "1440*1440", "steps": 40}
 
 
-def test_sync_request_waits_its_turn_in_the_queue(start: Launcher) -> None:
-    server = start(worker=False)
+def test_sync_request_waits_its_turn_in_the_queue(
+    start_service: Callable[..., InProcessService],
+) -> None:
+    server = start_service(workers=0)
     first = server.submit(
         {"model": "wan2.2-t2i-flash", "input": {"prompt": "first"}, "parameters": SLOW}
     )
@@ -143,7 +148,7 @@ def test_sync_request_waits_its_turn_in_the_queue(start: Launcher) -> None:
     def sync_call() -> None:
         with server.client() as c:
             r = c.post(
-                "/api/v1/services/aigc/text2image/image-synthesis",
+                SUBMIT_PATH,
                 json={
                     "model": "wan2.2-t2i-flash",
                     "input": {"prompt": "second"},
@@ -155,8 +160,12 @@ def test_sync_request_waits_its_turn_in_the_queue(start: Launcher) -> None:
 
     caller = threading.Thread(target=sync_call)
     caller.start()
-    time.sleep(0.5)  # the sync task is queued behind `first`
-    start.worker(server.home)
+    # The sync task is queued behind `first` before any worker is there.
+    deadline = time.monotonic() + 30
+    while len(server.tasks()) < 2:
+        assert time.monotonic() < deadline, server.tasks()
+        time.sleep(0.05)
+    server.start_worker()
     caller.join(timeout=180)
     assert reply["output"]["task_status"] == "SUCCEEDED", reply
     earlier = server.query(first)["output"]
@@ -164,11 +173,14 @@ def test_sync_request_waits_its_turn_in_the_queue(start: Launcher) -> None:
     assert earlier["end_time"] <= reply["output"]["scheduled_time"]
 
 
-def test_sync_caller_that_hangs_up_leaves_no_task_behind(start: Launcher) -> None:
-    server = start(worker=False)
+def test_sync_caller_that_hangs_up_leaves_no_task_behind(
+    start_service: Callable[..., InProcessService],
+) -> None:
+    # A real connection, so that the caller can hang up.
+    server = start_service(workers=0, transport="http")
     with server.client() as c, pytest.raises(httpx.ReadTimeout):
         c.post(
-            "/api/v1/services/aigc/text2image/image-synthesis",
+            SUBMIT_PATH,
             json={
                 "model": "wan2.2-t2i-plus",
                 "input": {"prompt": "abandoned"},
@@ -178,14 +190,25 @@ def test_sync_caller_that_hangs_up_leaves_no_task_behind(start: Launcher) -> Non
         )
     deadline = time.monotonic() + 10
     while True:
-        with server.client() as c:
-            tasks = c.get("/api/v1/tasks").json()["data"]
+        tasks = server.tasks()
         if tasks and tasks[0]["status"] == "CANCELED":
             break
         assert time.monotonic() < deadline, tasks
         time.sleep(0.2)
-    # A worker arriving later finds nothing to do for it.
-    start.worker(server.home)
-    time.sleep(2)
-    with server.client() as c:
-        assert c.get("/api/v1/tasks").json()["data"][0]["status"] == "CANCELED"
+    (abandoned,) = tasks
+    # A worker arriving later finds nothing to do for it: it runs the next task, and the
+    # abandoned one stays CANCELED, never started, with no result.
+    server.start_worker()
+    later = server.wait(
+        server.submit(
+            {
+                "model": "wan2.2-t2i-plus",
+                "input": {"prompt": "wanted"},
+                "parameters": {"n": 1, "size": "512*512", "steps": 1},
+            }
+        )
+    )
+    assert later["output"]["task_status"] == "SUCCEEDED"
+    gone = server.query(abandoned["task_id"])["output"]
+    assert gone["task_status"] == "CANCELED", gone
+    assert "scheduled_time" not in gone and "results" not in gone, gone

@@ -7,6 +7,7 @@ the engines nothing of the catalog.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,11 @@ from imagesynth.engine.diffusers.demo import (
 from imagesynth.engine.registry import create_engine
 
 log = logging.getLogger(__name__)
+
+# Loading a pipeline is not thread-safe (diffusers' lazy imports; accelerate's init_empty_weights
+# patches torch.nn.Module for the whole process): one load at a time in a process, however many
+# workers it runs.
+_LOADING = threading.Lock()
 
 
 def engine_spec(spec: ModelSpec, demo_root: Path) -> EngineSpec:
@@ -73,8 +79,9 @@ class Engines:
         engine = self._loaded.get(wanted)
         if engine is None:
             started = time.monotonic()
-            engine = create_engine(wanted)
-            engine.load()
+            with _LOADING:
+                engine = create_engine(wanted)
+                engine.load()
             self._loaded[wanted] = engine
             log.info(
                 "loaded %s %s engine from %s in %.1fs",
