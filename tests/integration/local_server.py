@@ -22,6 +22,7 @@ from imagesynth.api.context import Services
 from imagesynth.config import Settings
 from imagesynth.runtime import Runtime
 from tests.integration.conftest import Home
+from tests.integration.inprocess import IsolatedSettings
 
 
 @dataclass
@@ -47,7 +48,7 @@ def api_home(path: Path, **settings: str) -> Home:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGESYNTH_", "DASHSCOPE_"))}
     env.update({"IMAGESYNTH_HOME": str(path), "HF_HUB_OFFLINE": "1"})
     env.update({f"IMAGESYNTH_{k.upper()}": v for k, v in settings.items()})
-    return Home(path, env)
+    return Home(path, env, IsolatedSettings(home=path, **settings))
 
 
 @contextmanager

@@ -146,7 +146,8 @@ def test_no_more_than_in_flight_tasks_of_a_key_run_at_once(
 def test_a_flooding_key_does_not_starve_another(
     start_service: Callable[..., InProcessService],
 ) -> None:
-    server = start_service(workers=0)  # everything is queued before any of it runs
+    # Everything is queued before any of it runs; polling 21 tasks needs more than 20 queries/s.
+    server = start_service(workers=0, query_rps=1000)
     flooder = server.create_key("flooder", limited=True, rps=100)
     polite = server.create_key("polite", limited=True)
     flood = [
