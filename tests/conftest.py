@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +15,17 @@ PG_DSN_ENV = "IMAGESYNTH_TEST_POSTGRES_DSN"
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny offline demo weights, built once per test session (engine/diffusers/demo.py)."""
+    """The tiny offline demo weights, built once per test session (engine/diffusers/demo.py),
+    with the network cut off: building them must never reach a model hub."""
     from imagesynth.engine.diffusers.demo import build_demo_weights
 
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("building the demo weights tried to open a connection")
+
     root = tmp_path_factory.mktemp("demo-weights")
-    build_demo_weights(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", no_network)
+        build_demo_weights(root)
     return root
 
 

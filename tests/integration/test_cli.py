@@ -81,9 +81,11 @@ def test_generate_reports_errors(http_server: InProcessService, tmp_path: Any) -
     assert "InvalidParameter" in result.stderr and "size" in result.stderr
 
 
-def test_make_demo_builds_a_loadable_folder_per_family(tmp_path: Path) -> None:
+def test_make_demo_names_a_loadable_folder_per_family(demo_weights: Path) -> None:
+    # The build itself is the session fixture's (tests/conftest.py, unit-tested in
+    # test_engine.py); here the command finds those folders current and names them.
     out = subprocess.run(
-        [str(BIN), "models", "make-demo", str(tmp_path / "demo")],
+        [str(BIN), "models", "make-demo", str(demo_weights)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -92,6 +94,7 @@ def test_make_demo_builds_a_loadable_folder_per_family(tmp_path: Path) -> None:
     built = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
     assert sorted(built) == ["qwen-image", "stable-diffusion", "wan"]
     for family, folder in built.items():
+        assert Path(folder) == demo_weights / family
         index = json.loads((Path(folder) / "model_index.json").read_text())
         assert index["_class_name"].endswith("Pipeline"), (family, index)
 
