@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from imagesynth.causal_lm import load_causal_lm
 from imagesynth.prompts.instructions import plain_prompt, style_for, system_prompt
 from imagesynth.prompts.rewriter import Rewrite, RewriterConfigError, fallback, guarded
 from imagesynth.prompts.validate import accept, detect_language
@@ -96,26 +97,9 @@ class LocalLMRewriter:
     def _load_locked(self) -> None:
         if self._model is not None:
             return
-        if not (self.path / "config.json").is_file():
-            raise RewriterConfigError(f"no transformers model in {self.path} (no config.json)")
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        started = time.monotonic()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-            # float32 on the CPU (bf16 matmuls are slow there); the checkpoint's dtype on GPUs.
-            dtype: Any = torch.float32 if self.device == "cpu" else "auto"
-            model = AutoModelForCausalLM.from_pretrained(
-                self.path, local_files_only=True, dtype=dtype
-            )
-        except (OSError, ValueError) as exc:
-            msg = f"cannot load the rewriter model in {self.path}: {exc}"
-            raise RewriterConfigError(msg) from exc
-        model.to(self.device)  # type: ignore[arg-type]  # transformers' hint wants a dtype
-        model.eval()
-        self._tokenizer, self._model = tokenizer, model
-        log.info("prompt rewriter model %s loaded in %.1f s", self.path, time.monotonic() - started)
+        self._tokenizer, self._model = load_causal_lm(
+            self.path, self.device, what="the rewriter model", error=RewriterConfigError
+        )
 
     def rewrite(self, prompt: str, *, model: str, max_chars: int) -> Rewrite:
         return guarded(self._rewrite, prompt, model=model, max_chars=max_chars)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from imagesynth.causal_lm import load_causal_lm
 from imagesynth.safety.guard import GuardConfigError, GuardVerdict, failed, parse_reply
 
 log = logging.getLogger("imagesynth.safety")
@@ -87,26 +88,12 @@ class LocalGuard:
     def _load_locked(self) -> None:
         if self._model is not None:
             return
-        if not (self.path / "config.json").is_file():
-            raise GuardConfigError(f"no transformers model in {self.path} (no config.json)")
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        started = time.monotonic()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-            dtype: Any = torch.float32 if self.device == "cpu" else "auto"
-            model = AutoModelForCausalLM.from_pretrained(
-                self.path, local_files_only=True, dtype=dtype
-            )
-        except (OSError, ValueError) as exc:
-            raise GuardConfigError(f"cannot load the guard model in {self.path}: {exc}") from exc
+        tokenizer, model = load_causal_lm(
+            self.path, self.device, what="the guard model", error=GuardConfigError
+        )
         if not getattr(tokenizer, "chat_template", None):
             raise GuardConfigError(f"the guard model in {self.path} has no chat template")
-        model.to(self.device)  # type: ignore[arg-type]  # transformers' hint wants a dtype
-        model.eval()
         self._tokenizer, self._model = tokenizer, model
-        log.info("prompt guard model %s loaded in %.1f s", self.path, time.monotonic() - started)
 
     def classify(self, text: str) -> GuardVerdict:
         started = time.monotonic()
