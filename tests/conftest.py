@@ -6,6 +6,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,10 @@ def _with_search_path(dsn: str, schema: str) -> str:
     return f"{dsn}{separator}options=-csearch_path%3D{schema}"
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A database URL for a fresh, empty PostgreSQL schema, dropped afterwards.
+@contextmanager
+def fresh_postgres_schema() -> Iterator[str]:
+    """A database URL for a fresh, empty PostgreSQL schema, dropped afterwards; skips the test
+    when no server is configured.
 
     scripts/test.sh sets IMAGESYNTH_TEST_POSTGRES_DSN when a server answers (starting the local
     one if it can) and says so when none does; without it these tests skip, saying why."""
@@ -56,3 +58,10 @@ def postgres_url() -> Iterator[str]:
     finally:
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """fresh_postgres_schema() for one test."""
+    with fresh_postgres_schema() as url:
+        yield url

@@ -22,6 +22,7 @@ from imagesynth.api.context import Services
 from imagesynth.api.server import server_config
 from imagesynth.config import Settings
 from imagesynth.runtime import Runtime
+from tests.conftest import fresh_postgres_schema
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -113,3 +114,15 @@ def live_app(home: Path, database_url: str | None = None) -> Iterator[LiveApp]:
         server.should_exit = True
         thread.join(timeout=10)
         rt.stores.close()
+
+
+@contextmanager
+def live_app_on(database: str, home: Path) -> Iterator[LiveApp]:
+    """live_app on SQLite in `home` ("sqlite"), or on a fresh PostgreSQL schema ("postgres";
+    the test is skipped where no server is configured)."""
+    if database == "sqlite":
+        with live_app(home) as app:
+            yield app
+        return
+    with fresh_postgres_schema() as url, live_app(home, url) as app:
+        yield app

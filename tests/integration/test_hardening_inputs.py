@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
-from tests.conftest import PG_DSN_ENV, PG_SKIP_REASON, _with_search_path
-from tests.integration.live_app import ADMIN_TOKEN, LiveApp, live_app, read_reply
+from tests.integration.live_app import ADMIN_TOKEN, LiveApp, live_app_on, read_reply
 
 SUBMIT = "/api/v1/services/aigc/text2image/image-synthesis"
 MULTIMODAL = "/api/v1/services/aigc/multimodal-generation/generation"
@@ -30,23 +27,8 @@ def app(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveApp]:
     """One server per database for the whole module: these tests only read or refuse."""
-    home = tmp_path_factory.mktemp("edge-home")
-    if request.param == "sqlite":
-        with live_app(home) as served:
-            yield served
-        return
-    dsn = os.environ.get(PG_DSN_ENV)
-    if not dsn:
-        pytest.skip(PG_SKIP_REASON)
-    schema = f"t_{uuid.uuid4().hex}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        with live_app(home, _with_search_path(dsn, schema)) as served:
-            yield served
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    with live_app_on(request.param, tmp_path_factory.mktemp("edge-home")) as served:
+        yield served
 
 
 class Connection:

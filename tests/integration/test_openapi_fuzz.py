@@ -8,11 +8,8 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
-import psycopg
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -24,8 +21,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
 )
 
-from tests.conftest import PG_DSN_ENV, PG_SKIP_REASON, _with_search_path
-from tests.integration.live_app import ADMIN_TOKEN, LiveApp, live_app
+from tests.integration.live_app import ADMIN_TOKEN, LiveApp, live_app_on
 
 # Per operation, mode (schema-valid, schema-invalid) and database: 16 x 2 x 8 requests per
 # database, a few seconds. Set IMAGESYNTH_TEST_FUZZ_EXAMPLES for a deeper run (150: ~1 min).
@@ -36,23 +32,8 @@ EXAMPLES = int(os.environ.get("IMAGESYNTH_TEST_FUZZ_EXAMPLES", "8"))
 def served(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveApp]:
-    home: Path = tmp_path_factory.mktemp("fuzz-home")
-    if request.param == "sqlite":
-        with live_app(home) as app:
-            yield app
-        return
-    dsn = os.environ.get(PG_DSN_ENV)
-    if not dsn:
-        pytest.skip(PG_SKIP_REASON)
-    schema = f"t_{uuid.uuid4().hex}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        with live_app(home, _with_search_path(dsn, schema)) as app:
-            yield app
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    with live_app_on(request.param, tmp_path_factory.mktemp("fuzz-home")) as app:
+        yield app
 
 
 def test_the_document_covers_every_operation(served: LiveApp) -> None:
