@@ -36,6 +36,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from starlette.testclient import TestClient
 
 from imagesynth.api.app import create_app
+from imagesynth.api.server import server_config
 from imagesynth.config import Settings
 from imagesynth.runtime import Runtime
 from tests.integration.api_client import ApiClient, HttpClient
@@ -221,26 +222,22 @@ class InProcessService(ApiClient):
                 finally:
                     self._test_client = None
         else:
-            with _uvicorn(self.app) as url:
+            with uvicorn_thread(self.app) as url:
                 self.url = url
                 yield
 
 
 @contextmanager
-def _uvicorn(app: Any) -> Iterator[str]:
-    """uvicorn serving `app` on a free loopback port from a thread; its base URL."""
+def uvicorn_thread(app: Any) -> Iterator[str]:
+    """`app` served as `imagesynth serve` serves it (api/server.py `server_config`: the same
+    HTTP protocol class and limits) on a free loopback port from a thread; its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=10,
-        )
-    )
+    config = server_config(app, host="127.0.0.1", port=port, log_level="warning")
+    config.lifespan = "on"
+    config.timeout_graceful_shutdown = 10
+    server = uvicorn.Server(config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True
     )

@@ -7,22 +7,19 @@ a worker is not needed: the server is built exactly as `imagesynth serve` builds
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from imagesynth.api.app import create_app
 from imagesynth.api.context import Services
-from imagesynth.api.server import server_config
 from imagesynth.config import Settings
 from imagesynth.runtime import Runtime
 from tests.conftest import fresh_postgres_schema
+from tests.integration.inprocess import uvicorn_thread
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -75,12 +72,6 @@ def read_reply(sock: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def live_app(home: Path, database_url: str | None = None) -> Iterator[LiveApp]:
     """Serve the app of a fresh home (SQLite there, or `database_url`) until the block ends."""
@@ -97,22 +88,10 @@ def live_app(home: Path, database_url: str | None = None) -> Iterator[LiveApp]:
     rt = Runtime.open(settings)
     services = rt.services()
     _, key = services.admin.create("edge", {"rps": 1000, "in_flight": 100, "max_pending": 10_000})
-    port = _free_port()
-    server = uvicorn.Server(
-        server_config(create_app(services), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
     try:
-        yield LiveApp(f"http://127.0.0.1:{port}", port, services, key)
+        with uvicorn_thread(create_app(services)) as url:
+            yield LiveApp(url, int(url.rsplit(":", 1)[1]), services, key)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         rt.stores.close()
 
 

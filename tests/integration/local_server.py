@@ -4,9 +4,6 @@ about HTTP behaviour that need the service's objects at hand (no worker runs).""
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from imagesynth.accounts.settings import ALL_MODELS, KeySettings, ModelOverrides
 from imagesynth.api.app import create_app
@@ -22,7 +18,7 @@ from imagesynth.api.context import Services
 from imagesynth.config import Settings
 from imagesynth.runtime import Runtime
 from tests.integration.conftest import Home
-from tests.integration.inprocess import IsolatedSettings
+from tests.integration.inprocess import IsolatedSettings, uvicorn_thread
 
 
 @dataclass
@@ -61,23 +57,8 @@ def local_api(home: Path, database_url: str | None = None, **settings: Any) -> I
         max_pending=10_000, models={ALL_MODELS: ModelOverrides(rps=1000, in_flight=100)}
     )
     _, secret = services.keys.create("test", generous)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = int(sock.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(services), log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise AssertionError("the in-process API did not start")
-        time.sleep(0.01)
     try:
-        yield LocalApi(f"http://127.0.0.1:{port}", rt, services, secret)
+        with uvicorn_thread(create_app(services)) as url:
+            yield LocalApi(url, rt, services, secret)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
         rt.stores.close()
