@@ -39,7 +39,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-UNLIMITED = ("--rps", "100000", "--in-flight", "100", "--max-pending", "1000000")
+UNLIMITED = ("--rps", "10000", "--in-flight", "100", "--max-pending", "1000000")
 
 
 class Service:
