@@ -19,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests.unit.tiny_lm import save_chain_model
+
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 LABELS = ["Safety:", "\nCategories:"]
 CHAT_TEMPLATE = (
@@ -32,7 +34,6 @@ def build_tiny_guard(path: Path, reply: str) -> Path:
     """Save (save_pretrained) a tokenizer and a 2-layer Qwen3ForCausalLM in `path` that answer
     every prompt with `reply` (e.g. "Safety: Unsafe\\nCategories: Violent") under greedy
     decoding."""
-    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
 
@@ -80,25 +81,7 @@ def build_tiny_guard(path: Path, reply: str) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = Qwen3ForCausalLM(config)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        embed, head = model.model.embed_tokens.weight, model.lm_head.weight
-        head.zero_()
-        for k, (token, following) in enumerate(successor.items()):
-            embed[token] = 0.0
-            embed[token, k] = 1.0
-            head[following, k] = 10.0
-    model.generation_config.eos_token_id = eos
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_chain_model(Qwen3ForCausalLM, config, tokenizer, successor, eos, path)
 
 
 class GuardServer:

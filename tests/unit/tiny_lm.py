@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from imagesynth.prompts.instructions import system_prompt
 from imagesynth.prompts.local_lm import encode
@@ -28,7 +29,6 @@ def build_tiny_lm(path: Path, reply: str, *, chat_template: bool = True) -> Path
     """Save (save_pretrained) a tokenizer and a 2-layer Qwen2ForCausalLM in `path` that answer
     every rewrite request with `reply` under greedy decoding. `chat_template=False` saves the
     tokenizer without one, so the rewriter falls back to its plain-text prompt."""
-    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
@@ -83,9 +83,25 @@ def build_tiny_lm(path: Path, reply: str, *, chat_template: bool = True) -> Path
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
+    return save_chain_model(Qwen2ForCausalLM, config, tokenizer, successor, eos, path)
+
+
+def save_chain_model(
+    model_cls: Any,
+    config: Any,
+    tokenizer: Any,
+    successor: dict[int, int],
+    eos: int,
+    path: Path,
+) -> Path:
+    """A tiny causal LM of `model_cls` that, greedily decoding, answers each token of
+    `successor` with the token it maps to (one embedding dimension per token, the layers'
+    outputs zeroed), saved with `tokenizer` in `path`."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = Qwen2ForCausalLM(config)
+        model = model_cls(config)
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
