@@ -8,6 +8,7 @@ loose fields into GenerationParams or raises InvalidParameter naming the field.
 from __future__ import annotations
 
 import dataclasses
+import math
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -28,6 +29,13 @@ from imagesynth.domain import (
 from imagesynth.errors import ImageSynthError, InvalidParameter, ModelNotFound
 
 DEMO_WEIGHTS = "demo"
+# The DashScope endpoints a model can be served on (api/ routes check a model's list):
+#   text2image        POST .../text2image/image-synthesis, input.prompt (async; sync if `sync`)
+#   multimodal        POST .../multimodal-generation/generation, input.messages (sync)
+#   image-generation  POST .../image-generation/generation, input.messages (async with
+#                     X-DashScope-Async, else sync): wan2.6's protocol, whose task replies
+#                     carry `choices` instead of `results`
+ENDPOINTS = ("text2image", "multimodal", "image-generation")
 REF_MODES = ("repaint", "refonly")
 DEFAULT_REF_STRENGTH = 0.5
 STYLES = (
@@ -67,6 +75,12 @@ class Style:
         return styled, negative
 
 
+def _pixels(count: int) -> str:
+    """A pixel count as a rule names it: 1638400 -> '1280*1280'."""
+    side = math.isqrt(count)
+    return f"{side}*{side}" if side * side == count else str(count)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -84,14 +98,18 @@ class ModelSpec:
     sizes: tuple[str, ...] = ()
     min_side: int = 512
     max_side: int = 1440
+    min_pixels: int = 0
     max_pixels: int = 1440 * 1440
+    max_aspect: float = 0.0  # e.g. 4.0: from 1:4 to 4:1; 0 leaves the aspect free
     default_size: str = "1024*1024"
     n_max: int = 4
     n_default: int = 4
     prompt_max_chars: int = 800
     negative_prompt_max_chars: int = 500
     result_prompts: bool = True
-    sync: bool = False
+    prompt_extend_default: bool = True  # when the request leaves prompt_extend out
+    endpoints: tuple[str, ...] = ("text2image",)  # see ENDPOINTS
+    sync: bool = False  # text2image also answers without X-DashScope-Async (wan2.2)
     reference_images: bool = False  # takes input.ref_img with ref_strength and ref_mode
     # An image-prompt adapter (IP-Adapter) for ref_mode=refonly, as diffusers' load_ip_adapter
     # takes it: "demo" (the demo weights' own), a local folder or a hub id; without one,
@@ -118,12 +136,30 @@ class ModelSpec:
     def default_steps(self) -> int:
         return self.demo_steps if self.is_demo else self.steps
 
+    @property
+    def messages_protocol(self) -> bool:
+        """Its tasks are wan2.6's kind: their replies hold `choices`, not `results`."""
+        return "image-generation" in self.endpoints
+
     def size_rule(self) -> str:
         if self.sizes:
             return "one of " + ", ".join(self.sizes)
+        pixels = (
+            f"W*H in [{_pixels(self.min_pixels)}, {_pixels(self.max_pixels)}] pixels"
+            if self.min_pixels
+            else f"W*H at most {_pixels(self.max_pixels)} pixels"
+        )
+        rule = f"W*H with each side in [{self.min_side}, {self.max_side}] and {pixels}"
+        if self.max_aspect:
+            rule += f" and an aspect ratio from 1:{self.max_aspect:g} to {self.max_aspect:g}:1"
+        return rule
+
+    def _size_fits(self, width: int, height: int) -> bool:
         return (
-            f"W*H with each side in [{self.min_side}, {self.max_side}] "
-            f"and W*H at most {self.max_pixels} pixels"
+            self.min_side <= width <= self.max_side
+            and self.min_side <= height <= self.max_side
+            and self.min_pixels <= width * height <= self.max_pixels
+            and (not self.max_aspect or max(width, height) <= self.max_aspect * min(width, height))
         )
 
     def _validate_size(self, size: str | None) -> tuple[int, int]:
@@ -134,15 +170,7 @@ class ModelSpec:
             raise InvalidParameter(
                 f"size must be {self.size_rule()} for model {self.name}; got {text!r}"
             ) from None
-        if self.sizes:
-            ok = text in self.sizes
-        else:
-            ok = (
-                self.min_side <= width <= self.max_side
-                and self.min_side <= height <= self.max_side
-                and width * height <= self.max_pixels
-            )
-        if not ok:
+        if not (text in self.sizes if self.sizes else self._size_fits(width, height)):
             raise InvalidParameter(
                 f"size must be {self.size_rule()} for model {self.name}; got {text!r}"
             )
@@ -223,7 +251,7 @@ class ModelSpec:
             seed=seed,
             steps=steps,
             guidance=float(guidance),
-            prompt_extend=True if prompt_extend is None else prompt_extend,
+            prompt_extend=self.prompt_extend_default if prompt_extend is None else prompt_extend,
             watermark=bool(watermark),
             style=style,
             ref_strength=None if ref_strength is None else float(ref_strength),
@@ -388,6 +416,16 @@ def _parse_models(
             except ValueError:
                 raise CatalogError(f"{source}: model {name}: bad size {size!r}") from None
         values["sizes"] = tuple(sizes)
+        endpoints = values.get("endpoints", ["text2image"])
+        if (
+            not isinstance(endpoints, list)
+            or not endpoints
+            or any(e not in ENDPOINTS for e in endpoints)
+        ):
+            raise CatalogError(
+                f"{source}: model {name}: endpoints must be a non-empty list of {ENDPOINTS}"
+            )
+        values["endpoints"] = tuple(endpoints)
         for f in fields(ModelSpec):
             if f.name in values and not _has_type(values[f.name], f.type):
                 raise CatalogError(f"{source}: model {name}: {f.name} must be {f.type}")
@@ -398,6 +436,12 @@ def _parse_models(
             spec = dataclasses.replace(spec, style_table=styles)
         if spec.sizes and spec.default_size not in spec.sizes:
             raise CatalogError(f"{source}: model {name}: default_size must be one of sizes")
+        if not spec.sizes and not spec._size_fits(*parse_size(spec.default_size)):
+            raise CatalogError(
+                f"{source}: model {name}: default_size must fit the size rule: {spec.size_rule()}"
+            )
+        if spec.sync and "text2image" not in spec.endpoints:
+            raise CatalogError(f"{source}: model {name}: sync is about the text2image endpoint")
         if not 1 <= spec.n_default <= spec.n_max:
             raise CatalogError(f"{source}: model {name}: need 1 <= n_default <= n_max")
         if spec.rps <= 0 or spec.in_flight < 1 or spec.price < 0 or spec.free_quota < 0:

@@ -29,6 +29,10 @@ class EmptyInput(InvalidParameter):
     """Required parameter "input" missing from request."""
 
 
+class UrlError(InvalidParameter):
+    """url error, please check url!"""
+
+
 class RequestTooLarge(InvalidParameter):
     """Request body is too large."""
 

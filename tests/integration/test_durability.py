@@ -73,7 +73,7 @@ def test_worker_killed_mid_task_task_succeeds_exactly_once(
     assert row["attempts"] == 2
     # The killed attempt left no files; the rerun's are the only ones.
     assert attempt_dirs(home.path, task_id) == ["2"]
-    assert "/2/0.png" in done["output"]["results"][0]["url"]
+    assert f"/2/{task_id}-0.png" in done["output"]["results"][0]["url"]
     # Billed once, as one call with one image.
     (usage,) = home.usage(model=SLOW["model"])
     assert (usage["calls"], usage["succeeded"], usage["images"]) == (1, 1, 1), usage

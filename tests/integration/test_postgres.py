@@ -37,4 +37,4 @@ def test_api_and_worker_processes_on_postgres(
     api.start_worker()
     done = api.wait(slow, timeout=180)
     assert done["output"]["task_status"] == "SUCCEEDED"
-    assert "/2/0.png" in done["output"]["results"][0]["url"]
+    assert f"/2/{slow}-0.png" in done["output"]["results"][0]["url"]

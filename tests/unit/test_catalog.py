@@ -65,11 +65,36 @@ def rejected(catalog: Catalog, model: str, **fields: Any) -> str:
 
 
 def test_builtin_catalog_serves_the_dashscope_models(catalog: Catalog) -> None:
-    assert set(catalog.models) == {*QWEN, *WAN_FREE, "wanx-v1"}
+    newer = {"qwen-image-max", "z-image-turbo", "wan2.6-t2i", "wan2.5-t2i-preview"}
+    assert set(catalog.models) == {*QWEN, *WAN_FREE, "wanx-v1", *newer}
     assert catalog.source == "built-in"
     for name, spec in catalog.models.items():
         assert spec.name == name
         assert spec.is_demo
+
+
+def test_newer_models_rules(catalog: Catalog) -> None:
+    """Spec §1.3-1.4: wan2.5/2.6 sizes by total pixels and aspect, their prompt lengths, and
+    each model's endpoints and prompt_extend default."""
+    for name in ("wan2.6-t2i", "wan2.5-t2i-preview"):
+        assert validate(catalog, name).width == 1280  # default 1280*1280
+        assert validate(catalog, name, size="2560*640").height == 640  # 4:1
+        assert "1:4" in rejected(catalog, name, size="2600*600")  # wider than 4:1
+        assert "1280*1280" in rejected(catalog, name, size="1024*1024")
+    assert len(validate(catalog, "wan2.5-t2i-preview", prompt="x" * 2500).prompt) == 2000
+    assert len(validate(catalog, "wan2.6-t2i", prompt="x" * 2500).prompt) == 2100
+    assert catalog.get("wan2.6-t2i").endpoints == ("image-generation", "multimodal")
+    assert catalog.get("qwen-image-max").endpoints == ("multimodal",)
+    assert validate(catalog, "qwen-image-max").prompt_extend is True
+    zimage = validate(catalog, "z-image-turbo")
+    assert (zimage.width, zimage.height, zimage.n, zimage.prompt_extend) == (1024, 1536, 1, False)
+    assert "n must be 1" in rejected(catalog, "z-image-turbo", n=2)
+    assert "2048*2048" in rejected(catalog, "z-image-turbo", size="2048*2560")
+
+
+def test_catalog_refuses_unknown_endpoints(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="endpoints"):
+        load(tmp_path, '[models.m]\nfamily = "wan"\nendpoints = ["text2video"]\n')
 
 
 @pytest.mark.parametrize("name", ["flux-dev", "", None, "QWEN-IMAGE", "qwen-image "])
@@ -125,7 +150,7 @@ def test_wan_refuses_sides_out_of_bounds(catalog: Catalog, model: str, size: str
     message = rejected(catalog, model, size=size)
 
     assert message.startswith("size must be W*H with each side in [512, 1440]")
-    assert str(1440 * 1440) in message and model in message and repr(size) in message
+    assert "1440*1440 pixels" in message and model in message and repr(size) in message
 
 
 @pytest.mark.parametrize("model", WAN_FREE)
@@ -142,7 +167,7 @@ def test_free_sizes_bound_total_pixels() -> None:
     assert spec.validate(prompt="p", size="1024*1024").width == 1024
     assert spec.validate(prompt="p", size="1440*728").width == 1440  # 1,048,320 pixels
     for size in ("1024*1025", "1440*729", "1440*1440"):
-        with pytest.raises(InvalidParameter, match=r"at most 1048576 pixels"):
+        with pytest.raises(InvalidParameter, match=r"at most 1024\*1024 pixels"):
             spec.validate(prompt="p", size=size)
 
 

@@ -18,6 +18,7 @@ from imagesynth.api import (
 )
 from imagesynth.api.context import Services
 from imagesynth.api.errors import install_error_handlers
+from imagesynth.api.paths import DropTrailingSlash
 from imagesynth.api.server import LimitHeaders
 
 
@@ -48,8 +49,11 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
+    # No 307 to the slashless path: DropTrailingSlash answers it directly (api/paths.py).
+    app.router.redirect_slashes = False
     install_error_handlers(app)
-    app.add_middleware(LimitHeaders)  # added last: the outermost of the two
+    app.add_middleware(DropTrailingSlash)
+    app.add_middleware(LimitHeaders)  # added last: the outermost
     app.include_router(routes_tasks.router)
     app.include_router(routes_multimodal.router)
     app.include_router(routes_uploads.router)

@@ -7,11 +7,12 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagesynth import errors
+from imagesynth.api import sse
 from imagesynth.api.context import request_id_of
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,9 @@ def status_and_code(exc: errors.ImageSynthError) -> tuple[int, str]:
     return 500, "InternalError"
 
 
-def error_response(request: Request, status: int, code: str, message: str) -> JSONResponse:
+def error_response(request: Request, status: int, code: str, message: str) -> Response:
+    if sse.streams(request):
+        return sse.error_stream(status, request_id_of(request), code, message)
     return JSONResponse(
         {"request_id": request_id_of(request), "code": code, "message": message},
         status_code=status,
@@ -68,7 +71,7 @@ def error_response(request: Request, status: int, code: str, message: str) -> JS
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.ImageSynthError)
-    async def domain_error(request: Request, exc: errors.ImageSynthError) -> JSONResponse:
+    async def domain_error(request: Request, exc: errors.ImageSynthError) -> Response:
         status, code = status_and_code(exc)
         if status >= 500 and not isinstance(exc, errors.TaskFailed):
             log_failure(request_id_of(request), exc)
@@ -76,15 +79,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(request, status, code, exc.message)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 404:
-            return await domain_error(request, errors.RouteNotFound())
-        if exc.status_code == 405:
-            return await domain_error(request, errors.MethodNotAllowed())
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code in (404, 405):
+            return await domain_error(request, unrouted(request, exc))
         return error_response(request, exc.status_code, "BadRequest", str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         message = f"{where}: {first.get('msg', 'invalid')}" if where else "Invalid request."
@@ -94,6 +95,19 @@ def install_error_handlers(app: FastAPI) -> None:
     # ServerErrorMiddleware, which answers and then re-raises, so uvicorn closes the
     # connection and the client's next keep-alive request on it fails.
     app.add_middleware(AnswerUnexpectedErrors)
+
+
+def unrouted(request: Request, exc: StarletteHTTPException) -> errors.ImageSynthError:
+    """No route for this path (404) or method (405). Under /api/ DashScope's gateway answers
+    both 400 InvalidParameter "url error, please check url!", and so do we; our own paths
+    (/admin, /files) answer 404 NotFound and 405 MethodNotAllowed."""
+    allowed = (exc.headers or {}).get("Allow", "")
+    if request.url.path.startswith("/api/"):
+        detail = f" {request.method} is not served here; use {allowed}." if allowed else ""
+        return errors.UrlError(f"{errors.UrlError().message}{detail}")
+    if exc.status_code == 405:
+        return errors.MethodNotAllowed()
+    return errors.RouteNotFound()
 
 
 def log_failure(request_id: str, exc: BaseException) -> None:

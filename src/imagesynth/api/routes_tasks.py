@@ -20,6 +20,7 @@ from imagesynth.api.context import (
     submit_task,
     url_for,
 )
+from imagesynth.api.endpoints import PATHS, served_on
 from imagesynth.api.references import reference_loader
 from imagesynth.api.schemas import (
     SynthesisRequest,
@@ -55,7 +56,7 @@ _LIST_DOC = openapi.operation(
 
 
 @router.post(
-    "/api/v1/services/aigc/text2image/image-synthesis",
+    PATHS["text2image"],
     openapi_extra=openapi.operation(
         body=SynthesisRequest,
         parameters=[
@@ -76,7 +77,7 @@ async def submit(request: Request) -> dict[str, Any]:
     svc = services_of(request)
     key = await authenticate(request)
     body = SynthesisRequest.parse(await read_json_object(request))
-    spec = svc.catalog.get(body.model)
+    spec = served_on(svc.catalog.get(body.model), "text2image")
     synchronous = not is_async(request)
     if synchronous and not spec.sync:
         raise AccessDenied("current user api does not support synchronous calls")
@@ -169,7 +170,6 @@ def _list_filter(request: Request) -> TaskFilter:
 
 
 @router.get("/api/v1/tasks", openapi_extra=_LIST_DOC)
-@router.get("/api/v1/tasks/", openapi_extra=_LIST_DOC)
 async def list_tasks(request: Request) -> dict[str, Any]:
     svc = services_of(request)
     key = await authenticate(request)
@@ -180,11 +180,14 @@ async def list_tasks(request: Request) -> dict[str, Any]:
         total, tasks = 0, list[Task]()
     else:
         total, tasks = await run_in_threadpool(svc.tasks.list, key, flt, page_no, page_size)
+    items = [list_item(t, svc.catalog.models.get(t.model), REGION) for t in tasks]
     return {
         "request_id": request_id_of(request),
         "total": total,
         "total_page": (total + page_size - 1) // page_size,
         "page_no": page_no,
         "page_size": page_size,
-        "data": [list_item(t, REGION) for t in tasks],
+        # The 1.x SDK reads `data`, the 2.0 client (`Client().images.jobs.list`) `tasks`.
+        "data": items,
+        "tasks": items,
     }

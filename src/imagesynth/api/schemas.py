@@ -193,33 +193,50 @@ class MultimodalRequest(_Loose):
         return {**p.fields(), "prompt": self.prompt(), "negative_prompt": p.negative_prompt}
 
 
-def multimodal_reply(request_id: str, task: Task, url_for: UrlFor) -> dict[str, Any]:
-    """The Qwen-Image synchronous reply (note `task_metric`, singular, as DashScope has it)."""
-    images = [r for r in task.results if r.blob_key]
-    return {
-        "request_id": request_id,
-        "output": {
-            "choices": [
-                {
-                    "finish_reason": "stop",
-                    "message": {
-                        "role": "assistant",
-                        "content": [{"image": url_for(r.blob_key)} for r in images if r.blob_key],
-                    },
-                }
-            ],
-            "task_metric": {
-                "TOTAL": task.params.n,
-                "SUCCEEDED": len(images),
-                "FAILED": task.params.n - len(images),
-            },
-        },
-        "usage": {
-            "image_count": len(images),
-            "width": task.params.width,
-            "height": task.params.height,
+def _choices(task: Task, url_for: UrlFor, typed: bool) -> list[dict[str, Any]]:
+    """The images as one assistant message (the messages protocols' `output.choices`);
+    `typed` adds wan2.6's `"type": "image"` to each item."""
+    content: list[dict[str, Any]] = []
+    for r in task.results:
+        if r.blob_key:
+            content.append({"image": url_for(r.blob_key), **({"type": "image"} if typed else {})})
+    return [{"finish_reason": "stop", "message": {"role": "assistant", "content": content}}]
+
+
+def _image_usage(task: Task, spec: ModelSpec | None) -> dict[str, Any]:
+    images = sum(1 for r in task.results if r.blob_key)
+    usage: dict[str, Any] = {"image_count": images}
+    if spec is not None and spec.messages_protocol:
+        # wan2.6 reports the size and (always zero) token counts too.
+        usage.update(
+            size=f"{task.params.width}*{task.params.height}",
+            input_tokens=0,
+            output_tokens=0,
+            total_tokens=0,
+        )
+    return usage
+
+
+def multimodal_reply(request_id: str, task: Task, spec: ModelSpec, url_for: UrlFor) -> dict:
+    """A synchronous messages-protocol reply: Qwen-Image's (note `task_metric`, singular, as
+    DashScope has it), plus `finished` and typed items for wan2.6's protocol."""
+    images = sum(1 for r in task.results if r.blob_key)
+    output: dict[str, Any] = {
+        "choices": _choices(task, url_for, typed=spec.messages_protocol),
+        "task_metric": {
+            "TOTAL": task.params.n,
+            "SUCCEEDED": images,
+            "FAILED": task.params.n - images,
         },
     }
+    if spec.messages_protocol:
+        output["finished"] = True
+    usage = {
+        **_image_usage(task, spec),
+        "width": task.params.width,
+        "height": task.params.height,
+    }
+    return {"request_id": request_id, "output": output, "usage": usage}
 
 
 def format_time(epoch: float | None) -> str | None:
@@ -252,6 +269,12 @@ def task_output(task: Task, spec: ModelSpec | None, url_for: UrlFor) -> dict[str
         out["task_metrics"] = {"TOTAL": total, "SUCCEEDED": 0, "FAILED": 0}
         # Beyond DashScope: how far the denoising loop has got.
         out["task_progress"] = {"step": task.progress_step, "steps": task.progress_total}
+    elif task.status == TaskStatus.SUCCEEDED and spec is not None and spec.messages_protocol:
+        # A wan2.6 task: its images as the protocol's one assistant message.
+        out["finished"] = True
+        out["choices"] = _choices(task, url_for, typed=True)
+        ok = sum(1 for r in task.results if r.blob_key)
+        out["task_metrics"] = {"TOTAL": total, "SUCCEEDED": ok, "FAILED": total - ok}
     elif task.status == TaskStatus.SUCCEEDED:
         with_prompts = spec is None or spec.result_prompts
         results: list[dict[str, Any]] = []
@@ -282,7 +305,7 @@ def task_reply(request_id: str, task: Task, spec: ModelSpec | None, url_for: Url
         "output": task_output(task, spec, url_for),
     }
     if task.status.is_final:
-        reply["usage"] = {"image_count": sum(1 for r in task.results if r.blob_key)}
+        reply["usage"] = _image_usage(task, spec)
     return reply
 
 
@@ -290,7 +313,12 @@ def unknown_task_reply(request_id: str, task_id: str) -> dict[str, Any]:
     return {"request_id": request_id, "output": {"task_id": task_id, "task_status": "UNKNOWN"}}
 
 
-def list_item(task: Task, region: str) -> dict[str, Any]:
+def list_item(task: Task, spec: ModelSpec | None, region: str) -> dict[str, Any]:
+    service = (
+        "image-generation:generation"
+        if spec is not None and spec.messages_protocol
+        else "text2image:image-synthesis"
+    )
     item: dict[str, Any] = {
         "task_id": task.id,
         "request_id": task.request_id,
@@ -301,7 +329,7 @@ def list_item(task: Task, region: str) -> dict[str, Any]:
         "caller_uid": task.api_key_id,
         "caller_parent_id": task.api_key_id,
         "gmt_create": epoch_ms(task.created_at),
-        "user_api_unique_key": f"apikey:v1:aigc:text2image:image-synthesis:{task.model}",
+        "user_api_unique_key": f"apikey:v1:aigc:{service}:{task.model}",
     }
     if task.started_at is not None:
         item["start_time"] = epoch_ms(task.started_at)

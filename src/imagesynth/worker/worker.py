@@ -84,6 +84,13 @@ def image_label(
     )
 
 
+def result_key(task: Task, index: int) -> str:
+    """Where image `index` of this attempt is stored. The file name holds the task id, so
+    clients that save each result under its URL's file name (DashScope's own samples do) keep
+    every task's images apart."""
+    return f"{task.id}/{task.attempts}/{task.id}-{index}.png"
+
+
 class Worker:
     def __init__(
         self,
@@ -267,7 +274,7 @@ class Worker:
         withheld = self._inspect(task, index, image)
         if withheld is not None:
             return withheld  # never written: there is no file to serve
-        key = f"{task.id}/{task.attempts}/{index}.png"
+        key = result_key(task, index)
         label = image_label(self.labeler, image, task, spec, index)
         self.blobs.put(key, self.labeler.encode(image, label))
         return ImageResult(blob_key=key, actual_prompt=task.effective_prompt)
