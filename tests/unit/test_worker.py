@@ -79,7 +79,10 @@ def test_a_task_ends_with_its_images_stored_at_the_requested_size(rig: Rig) -> N
     assert rig.worker.run_once() is True
     done = rig.get(task.id)
     assert done.status is TaskStatus.SUCCEEDED, done
-    assert [r.blob_key for r in done.results] == [f"{task.id}/1/0.png", f"{task.id}/1/1.png"]
+    assert [r.blob_key for r in done.results] == [
+        f"{task.id}/1/{task.id}-0.png",
+        f"{task.id}/1/{task.id}-1.png",
+    ]
     for i, result in enumerate(done.results):
         assert result.actual_prompt == "a lighthouse"
         assert result.blob_key is not None
@@ -186,4 +189,4 @@ def test_a_rerun_that_finishes_deletes_the_files_of_earlier_attempts(rig: Rig) -
     assert rig.worker.run_once() is True
     done = rig.get(task_id)
     assert (done.status, done.attempts) == (TaskStatus.SUCCEEDED, 2)
-    assert rig.files() == [f"{task_id}/2/0.png", f"{task_id}/input/ref.png"]
+    assert rig.files() == [f"{task_id}/2/{task_id}-0.png", f"{task_id}/input/ref.png"]
