@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
-Family = Literal["qwen-image", "wan", "stable-diffusion"]
-FAMILIES: tuple[Family, ...] = ("qwen-image", "wan", "stable-diffusion")
+Family = Literal["qwen-image", "wan", "stable-diffusion", "z-image"]
+FAMILIES: tuple[Family, ...] = ("qwen-image", "wan", "stable-diffusion", "z-image")
 
 # How a model's images are made: the engine backend a catalog entry names (`backend = ...`).
 Backend = Literal["diffusers"]

@@ -92,7 +92,7 @@ def test_make_demo_names_a_loadable_folder_per_family(demo_weights: Path) -> Non
         check=True,
     ).stdout
     built = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
-    assert sorted(built) == ["qwen-image", "stable-diffusion", "wan"]
+    assert sorted(built) == ["qwen-image", "stable-diffusion", "wan", "z-image"]
     for family, folder in built.items():
         assert Path(folder) == demo_weights / family
         index = json.loads((Path(folder) / "model_index.json").read_text())

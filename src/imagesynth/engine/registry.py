@@ -18,6 +18,7 @@ _ENGINES: dict[tuple[Backend, Family], tuple[str, str]] = {
         "imagesynth.engine.diffusers.stable_diffusion",
         "StableDiffusionEngine",
     ),
+    ("diffusers", "z-image"): ("imagesynth.engine.diffusers.z_image", "ZImageEngine"),
 }
 
 

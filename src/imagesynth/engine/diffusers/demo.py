@@ -5,11 +5,12 @@ diffusers / transformers class saved with `save_pretrained`: the adapters load t
 exactly as they load real checkpoints. Tokenizers are made locally from a few sentences, so
 nothing touches the network.
 
-The sizes are tuned for speed at full DashScope resolutions (up to 1440x1440) on a small CPU.
-There the cost is the VAE decoder's work at full resolution and every attention over latent
-pixels, so the decoders are 4-8 channels wide at full resolution, attention runs only at the
-lowest level, and the Qwen-Image and Wan VAEs compress 16x instead of 8x (which makes the
-sizes they generate at multiples of 32; the adapters read this from the pipeline).
+The sizes are tuned for speed at full DashScope resolutions (up to 1440x1440, z-image-turbo
+2048x2048 pixels) on a small CPU. There the cost is the VAE decoder's work at full resolution
+and every attention over latent pixels, so the decoders are 4-8 channels wide at full
+resolution, attention runs only at the lowest level, and the Qwen-Image, Wan and Z-Image VAEs
+compress 16x instead of 8x (which makes the sizes they generate at multiples of 32; the
+adapters read this from the pipeline).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from imagesynth.engine.diffusers.pipelines import quiet_logs
 
 MARKER = "imagesynth-demo.json"
 # Bump when a builder changes, so folders built by an older version are rebuilt.
-VERSION = 4
+VERSION = 5
 SEED = 0
 # The Stable Diffusion demo's image-prompt adapter, inside its folder in h94/IP-Adapter's
 # layout: ip-adapter/ip-adapter.safetensors beside ip-adapter/image_encoder/.
@@ -358,6 +359,103 @@ def _build_stable_diffusion() -> Any:
     )
 
 
+# Qwen3's chat template as far as ZImagePipeline uses it: one user turn and the assistant's
+# opening, with an empty think block only when thinking is switched off (the pipeline asks for
+# enable_thinking=True, which adds nothing).
+_QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}"
+    "<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def _build_z_image() -> Any:
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        ZImagePipeline,
+        ZImageTransformer2DModel,
+    )
+    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab, merges = _train_bpe(special, vocab_size=400)
+    # The hint says list[str], but the BPE model underneath takes (left, right) pairs.
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]
+    tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
+    tokenizer.chat_template = _QWEN3_CHAT_TEMPLATE
+    hidden = 16
+    # The pipeline reads the second-to-last hidden state: two layers are the fewest that
+    # leave one after the embeddings.
+    text_encoder = Qwen3Model(
+        Qwen3Config(
+            hidden_size=hidden,
+            intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=1024,
+            bos_token_id=None,
+            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    # head dim 16 = sum(axes_dims); axes_lens as in the real model (1024 caption positions,
+    # 512 patches a side), which covers the demo's 64 patches a side at 2048 pixels. Any:
+    # mypy does not see the pad-token parameters that its __init__ sets.
+    transformer: Any = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=32,
+        n_layers=1,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        qk_norm=True,
+        cap_feat_dim=hidden,
+        axes_dims=[8, 4, 4],
+        axes_lens=[1024, 512, 512],
+    )
+    with torch.no_grad():
+        # Made with torch.empty (the real ones are trained): seeded values, not memory garbage
+        # that can be NaN and would make the build irreproducible.
+        transformer.x_pad_token.normal_()
+        transformer.cap_pad_token.normal_()
+    # 16x instead of the real 8x (five levels), which makes the latents and the transformer's
+    # tokens 4x fewer. Four channels throughout with layers_per_block=0 (one decoder resnet per
+    # level, none in the encoder, which equal widths keep well-formed) leave a few 4-channel
+    # convolutions at full resolution, and no mid-block attention over the latents. The
+    # pipeline adds shift_factor unconditionally, so it must be a number.
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 5,
+        up_block_types=("UpDecoderBlock2D",) * 5,
+        block_out_channels=(4, 4, 4, 4, 4),
+        layers_per_block=0,
+        latent_channels=16,
+        norm_num_groups=4,
+        mid_block_add_attention=False,
+        sample_size=64,
+        scaling_factor=1.0,
+        shift_factor=0.0,
+    )
+    return ZImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+
+
 def _save_ip_adapter(unet: Any, folder: Path) -> None:
     """A random IP-Adapter for `unet`, saved as `load_ip_adapter` reads h94/IP-Adapter's.
 
@@ -487,4 +585,5 @@ _BUILDERS: dict[Family, Callable[[], Any]] = {
     "qwen-image": _build_qwen_image,
     "wan": _build_wan,
     "stable-diffusion": _build_stable_diffusion,
+    "z-image": _build_z_image,
 }
