@@ -11,6 +11,7 @@ import pytest
 from imagesynth.catalog import STYLES, Catalog, CatalogError, ModelSpec, Style
 from imagesynth.domain import SEED_MAX, GenerationParams
 from imagesynth.engine.base import IPAdapterWeights, LoraWeights
+from imagesynth.engine.registry import supports
 from imagesynth.errors import InvalidParameter, ModelNotFound
 from imagesynth.worker.engines import engine_spec
 
@@ -424,6 +425,44 @@ def test_catalog_file_is_parsed(tmp_path: Path) -> None:
         sd.validate(prompt="p", n=3)
     with pytest.raises(InvalidParameter):
         catalog.get("my.wan").validate(prompt="p", size="1025*1024")
+
+
+def test_a_z_image_entry_loads_and_reaches_its_engine(tmp_path: Path) -> None:
+    catalog = load(
+        tmp_path,
+        """
+        [models.my-turbo]
+        family = "z-image"
+        weights = "demo"
+        endpoints = ["multimodal"]
+        steps = 9
+        guidance = 0.0
+        min_side = 512
+        max_side = 2048
+        max_pixels = 4194304
+        default_size = "1024*1536"
+        n_max = 1
+        n_default = 1
+
+        [models.hub-turbo]
+        family = "z-image"
+        weights = "Tongyi-MAI/Z-Image-Turbo"
+        """,
+    )
+    demo, hub = catalog.get("my-turbo"), catalog.get("hub-turbo")
+    assert (demo.family, demo.is_demo, hub.family, hub.is_demo) == (
+        "z-image",
+        True,
+        "z-image",
+        False,
+    )
+    params = demo.validate(prompt="p", size="2048*2048")
+    assert (params.width, params.height, params.n, params.guidance) == (2048, 2048, 1, 0.0)
+    assert "2048" in rejected(catalog, "my-turbo", size="2048*2560")
+    # Demo weights resolve to the demo build's z-image folder; a hub id is passed on as is.
+    assert engine_spec(demo, tmp_path).weights == str(tmp_path / "z-image")
+    assert engine_spec(hub, tmp_path).weights == "Tongyi-MAI/Z-Image-Turbo"
+    assert supports(engine_spec(demo, tmp_path).backend, "z-image")
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,7 @@ AWKWARD: dict[Family, tuple[int, int]] = {
     "qwen-image": (1472, 1140),
     "wan": (1000, 600),
     "stable-diffusion": (720, 1280),
+    "z-image": (2040, 520),  # z-image-turbo's longest side, at 1M pixels
 }
 SMALL = (200, 136)  # awkward for every family, and fast
 
@@ -165,6 +166,25 @@ def test_raising_from_on_step_aborts_and_adapter_stays_usable(
     assert calls == [1, 2]
     (after,) = generate(adapter, (3,), steps=3)
     assert np.abs(pixels(before) - pixels(after)).max() <= 1
+
+
+def test_z_image_guides_only_above_guidance_1(adapters: dict[Family, Engine]) -> None:
+    # The service's guidance is the usual CFG scale for every family: 0 (the catalog's
+    # z-image-turbo default) and 1 both run without guidance, and then the negative prompt
+    # is never read.
+    adapter = adapters["z-image"]
+
+    def run(guidance: float, negative_prompt: str = "blurry") -> Image.Image:
+        batch = GenerationBatch("a cat", negative_prompt, *SMALL, (2,), steps=2, guidance=guidance)
+        (image,) = adapter.generate(batch, lambda done, total: None)
+        return image
+
+    plain = run(0.0)
+    assert max_diff(run(1.0), plain) <= 1
+    assert max_diff(run(0.0, negative_prompt="a dog on a chair"), plain) <= 1
+    guided = run(4.0)
+    assert mean_diff(guided, plain) > 1, mean_diff(guided, plain)
+    assert mean_diff(run(4.0, negative_prompt="a dog on a chair"), guided) > 1
 
 
 def test_demo_folders_are_marked(demo_root: Path, tmp_path: Path) -> None:
