@@ -60,6 +60,16 @@ def status_and_code(exc: errors.ImageSynthError) -> tuple[int, str]:
     return 500, "InternalError"
 
 
+def answer_for(request_id: str, exc: errors.ImageSynthError) -> tuple[int, str, str]:
+    """(status, code, message) the client gets for `exc`. Our own 5xx failures are logged
+    and answered with a generic message; a failed task's code and message are its own."""
+    status, code = status_and_code(exc)
+    if status >= 500 and not isinstance(exc, errors.TaskFailed):
+        log_failure(request_id, exc)
+        return status, code, errors.ImageSynthError().message
+    return status, code, exc.message
+
+
 def error_response(request: Request, status: int, code: str, message: str) -> Response:
     if sse.streams(request):
         return sse.error_stream(status, request_id_of(request), code, message)
@@ -72,11 +82,7 @@ def error_response(request: Request, status: int, code: str, message: str) -> Re
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.ImageSynthError)
     async def domain_error(request: Request, exc: errors.ImageSynthError) -> Response:
-        status, code = status_and_code(exc)
-        if status >= 500 and not isinstance(exc, errors.TaskFailed):
-            log_failure(request_id_of(request), exc)
-            return error_response(request, status, code, errors.ImageSynthError().message)
-        return error_response(request, status, code, exc.message)
+        return error_response(request, *answer_for(request_id_of(request), exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -193,6 +193,12 @@ class MultimodalRequest(_Loose):
         return {**p.fields(), "prompt": self.prompt(), "negative_prompt": p.negative_prompt}
 
 
+def _stored_metrics(task: Task) -> dict[str, int]:
+    """`task_metrics` of an ended task: its images stored, and the slots that failed."""
+    stored = sum(1 for r in task.results if r.blob_key)
+    return {"TOTAL": task.params.n, "SUCCEEDED": stored, "FAILED": task.params.n - stored}
+
+
 def _choices(task: Task, url_for: UrlFor, typed: bool) -> list[dict[str, Any]]:
     """The images as one assistant message (the messages protocols' `output.choices`);
     `typed` adds wan2.6's `"type": "image"` to each item."""
@@ -204,8 +210,7 @@ def _choices(task: Task, url_for: UrlFor, typed: bool) -> list[dict[str, Any]]:
 
 
 def _image_usage(task: Task, spec: ModelSpec | None) -> dict[str, Any]:
-    images = sum(1 for r in task.results if r.blob_key)
-    usage: dict[str, Any] = {"image_count": images}
+    usage: dict[str, Any] = {"image_count": _stored_metrics(task)["SUCCEEDED"]}
     if spec is not None and spec.messages_protocol:
         # wan2.6 reports the size and (always zero) token counts too.
         usage.update(
@@ -220,14 +225,9 @@ def _image_usage(task: Task, spec: ModelSpec | None) -> dict[str, Any]:
 def multimodal_reply(request_id: str, task: Task, spec: ModelSpec, url_for: UrlFor) -> dict:
     """A synchronous messages-protocol reply: Qwen-Image's (note `task_metric`, singular, as
     DashScope has it), plus `finished` and typed items for wan2.6's protocol."""
-    images = sum(1 for r in task.results if r.blob_key)
     output: dict[str, Any] = {
         "choices": _choices(task, url_for, typed=spec.messages_protocol),
-        "task_metric": {
-            "TOTAL": task.params.n,
-            "SUCCEEDED": images,
-            "FAILED": task.params.n - images,
-        },
+        "task_metric": _stored_metrics(task),
     }
     if spec.messages_protocol:
         output["finished"] = True
@@ -273,8 +273,7 @@ def task_output(task: Task, spec: ModelSpec | None, url_for: UrlFor) -> dict[str
         # A wan2.6 task: its images as the protocol's one assistant message.
         out["finished"] = True
         out["choices"] = _choices(task, url_for, typed=True)
-        ok = sum(1 for r in task.results if r.blob_key)
-        out["task_metrics"] = {"TOTAL": total, "SUCCEEDED": ok, "FAILED": total - ok}
+        out["task_metrics"] = _stored_metrics(task)
     elif task.status == TaskStatus.SUCCEEDED:
         with_prompts = spec is None or spec.result_prompts
         results: list[dict[str, Any]] = []
@@ -290,8 +289,7 @@ def task_output(task: Task, spec: ModelSpec | None, url_for: UrlFor) -> dict[str
             item["url"] = url_for(r.blob_key)
             results.append(item)
         out["results"] = results
-        ok = sum(1 for r in task.results if r.blob_key)
-        out["task_metrics"] = {"TOTAL": total, "SUCCEEDED": ok, "FAILED": total - ok}
+        out["task_metrics"] = _stored_metrics(task)
     elif task.status == TaskStatus.FAILED:
         out["code"] = task.error_code or "InternalError"
         out["message"] = task.error_message or ""

@@ -34,11 +34,10 @@ def wants_stream(request: Request) -> bool:
     )
 
 
-def mark_stream(request: Request) -> bool:
+def mark_stream(request: Request) -> None:
     """Record whether this request asked for a stream, so that its errors are framed as
     events too (api/errors.py); first thing in a route that can stream."""
     request.state.sse = wants_stream(request)
-    return bool(request.state.sse)
 
 
 def streams(request: Request) -> bool:
@@ -50,7 +49,7 @@ def frame(event_id: int, event: str, status: int, data: dict[str, Any]) -> bytes
     return f"id:{event_id}\nevent:{event}\n:HTTP_STATUS/{status}\ndata:{body}\n\n".encode()
 
 
-def error_frame(event_id: int, status: int, request_id: str, code: str, message: str) -> bytes:
+def error_frame(event_id: int, request_id: str, status: int, code: str, message: str) -> bytes:
     return frame(
         event_id, "error", status, {"code": code, "message": message, "request_id": request_id}
     )
@@ -59,7 +58,7 @@ def error_frame(event_id: int, status: int, request_id: str, code: str, message:
 def error_stream(status: int, request_id: str, code: str, message: str) -> Response:
     """An error answered to a request that asked for a stream: one error frame."""
     return Response(
-        error_frame(1, status, request_id, code, message),
+        error_frame(1, request_id, status, code, message),
         status_code=status,
         media_type=MEDIA_TYPE,
         headers=HEADERS,

@@ -21,7 +21,7 @@ from starlette.responses import StreamingResponse
 from imagesynth import errors
 from imagesynth.api import sse
 from imagesynth.api.context import request_id_of, services_of
-from imagesynth.api.errors import log_failure, status_and_code
+from imagesynth.api.errors import answer_for
 from imagesynth.api.sync_wait import wait_for_end
 from imagesynth.domain import TaskStatus
 from imagesynth.tasks.models import Task
@@ -71,11 +71,6 @@ async def _frames(request: Request, task: Task, reply: Reply) -> AsyncIterator[b
     try:
         body = reply(ended)
     except errors.ImageSynthError as exc:
-        status, code = status_and_code(exc)
-        message = exc.message
-        if status >= 500 and not isinstance(exc, errors.TaskFailed):
-            log_failure(request_id, exc)
-            message = errors.ImageSynthError().message
-        yield sse.error_frame(1, status, request_id, code, message)
+        yield sse.error_frame(1, request_id, *answer_for(request_id, exc))
         return
     yield sse.frame(1, "result", 200, body)

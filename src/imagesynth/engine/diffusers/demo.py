@@ -166,6 +166,19 @@ def _unigram_vocab() -> list[tuple[str, float]]:
     return [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *scored]
 
 
+def _qwen_tokenizer() -> Any:
+    """A Qwen2Tokenizer with Qwen's chat tokens, trained on the corpus (Qwen-Image's text
+    encoder and Z-Image's both read Qwen-style tokens)."""
+    from transformers import Qwen2Tokenizer
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab, merges = _train_bpe(special, vocab_size=400)
+    # The hint says list[str], but the BPE model underneath takes (left, right) pairs.
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]
+    tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
+    return tokenizer
+
+
 def _build_qwen_image() -> Any:
     from diffusers import (
         AutoencoderKLQwenImage,
@@ -173,17 +186,9 @@ def _build_qwen_image() -> Any:
         QwenImagePipeline,
         QwenImageTransformer2DModel,
     )
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2Tokenizer,
-    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    vocab, merges = _train_bpe(special, vocab_size=400)
-    # The hint says list[str], but the BPE model underneath takes (left, right) pairs.
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]
-    tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
+    tokenizer = _qwen_tokenizer()
     hidden = 16
     config = Qwen2_5_VLConfig(
         text_config={
@@ -380,13 +385,9 @@ def _build_z_image() -> Any:
         ZImagePipeline,
         ZImageTransformer2DModel,
     )
-    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model
+    from transformers import Qwen3Config, Qwen3Model
 
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    vocab, merges = _train_bpe(special, vocab_size=400)
-    # The hint says list[str], but the BPE model underneath takes (left, right) pairs.
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)  # type: ignore[arg-type]
-    tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
+    tokenizer = _qwen_tokenizer()
     tokenizer.chat_template = _QWEN3_CHAT_TEMPLATE
     hidden = 16
     # The pipeline reads the second-to-last hidden state: two layers are the fewest that
