@@ -125,6 +125,10 @@ class ModelSpec:
     in_flight: int = 2  # tasks RUNNING at once per key; the rest wait PENDING
     price: float = 0.0  # per successfully generated image, in the catalog's currency
     free_quota: int = 0  # free images per key, valid [billing] free_quota_days from its creation
+    # Images one pipeline call may make for several compatible tasks (same size, steps,
+    # guidance and style; no reference image). 1: every task runs alone. A task with more
+    # images than this still runs, alone.
+    max_batch: int = 1
     # Filled from [styles] when `styles` is true; not a per-model TOML key.
     style_table: Mapping[str, Style] = field(default_factory=dict, compare=False, repr=False)
 

@@ -40,7 +40,25 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     maintenance_interval_seconds: float = Field(default=2.0, gt=0)
-    worker_poll_seconds: float = Field(default=0.2, gt=0)
+    worker_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often idle workers and synchronous callers look at the queue when "
+        "no wake-up reached them (wake-ups: in-process events; PostgreSQL LISTEN/NOTIFY "
+        "across processes). The fallback, not the latency.",
+    )
+    worker_postprocess_threads: int = Field(
+        default=2,
+        ge=1,
+        description="Post-processing jobs (image check, labels, encode, store) a worker runs "
+        "at once, beside its engine.",
+    )
+    worker_postprocess_queue: int = Field(
+        default=2,
+        ge=1,
+        description="Tasks whose images may wait for post-processing per worker (each holds "
+        "its decoded images in memory); the engine waits when they are this many.",
+    )
     sync_timeout_seconds: float = Field(default=600.0, gt=0)
     max_request_bytes: int = Field(default=1 << 20, ge=1024)
     fetch_timeout_seconds: float = Field(default=10.0, gt=0)

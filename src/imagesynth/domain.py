@@ -81,6 +81,15 @@ class GenerationParams:
         """Image i's seed: seed + i, as on DashScope."""
         return tuple(self.seed + i for i in range(self.n))
 
+    @property
+    def batch_key(self) -> str | None:
+        """What tasks must share to run in one pipeline call (size, steps, guidance, style,
+        which switches LoRAs); None for a task that never shares one (a reference image
+        drives its whole call)."""
+        if self.ref_image_key is not None or self.ref_mode is not None:
+            return None
+        return f"{self.width}*{self.height}/{self.steps}/{self.guidance!r}/{self.style or ''}"
+
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

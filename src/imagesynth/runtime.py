@@ -173,6 +173,7 @@ class Runtime:
             ),
             uploads=UploadSigner(self.secret, s.upload_ttl_seconds, s.fetch_max_bytes),
             admin=self.admin(keys),
+            events=self.stores.events,
         )
 
     def admin(self, keys: KeyService | None = None) -> AdminService:
@@ -219,6 +220,9 @@ class Runtime:
             labeler=Labeler.from_settings(s),
             classifier=build_image_classifier(s),
             guard=self.guard(worker=True),
+            events=self.stores.events,
+            postprocess_threads=s.worker_postprocess_threads,
+            postprocess_queue=s.worker_postprocess_queue,
         )
 
 

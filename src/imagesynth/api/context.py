@@ -24,6 +24,7 @@ from imagesynth.inputs.uploads import UploadSigner
 from imagesynth.storage.blobs import BlobStore
 from imagesynth.storage.signing import UrlSigner
 from imagesynth.tasks.models import Task
+from imagesynth.tasks.ports import TaskEvents
 from imagesynth.tasks.service import TaskService
 
 
@@ -38,6 +39,7 @@ class Services:
     fetch_policy: FetchPolicy
     uploads: UploadSigner
     admin: AdminService
+    events: TaskEvents | None = None  # wake-ups for synchronous callers (None: they poll)
 
 
 def services_of(request: Request) -> Services:

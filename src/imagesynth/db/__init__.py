@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from imagesynth.db.database import Database
+from imagesynth.db.database import Database, PostgresDialect
 from imagesynth.db.keys import SqlKeyStore
 from imagesynth.db.ledger import SqlLedger
+from imagesynth.db.listener import PgListener
 from imagesynth.db.prompt_queue import SqlPromptQueue
 from imagesynth.db.queue import SqlTaskQueue
 from imagesynth.db.rate_buckets import SqlRateBuckets
 from imagesynth.db.schema import init_schema
 from imagesynth.db.tasks import SqlTaskStore
+from imagesynth.tasks.events import EventHub
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class SqlStores:
     keys: SqlKeyStore
     buckets: SqlRateBuckets
     ledger: SqlLedger
+    listener: PgListener | None  # PostgreSQL's NOTIFY relay, started by the first `events`
 
     @classmethod
     def open(cls, url: str) -> SqlStores:
@@ -42,10 +45,26 @@ class SqlStores:
             keys=SqlKeyStore(db),
             buckets=SqlRateBuckets(db),
             ledger=SqlLedger(db),
+            listener=(
+                PgListener(db.dialect.dsn, db.events)
+                if isinstance(db.dialect, PostgresDialect)
+                else None
+            ),
         )
 
+    @property
+    def events(self) -> EventHub:
+        """This process's wake-ups (tasks.ports.TaskEvents): on PostgreSQL, listening for
+        every process's from the first use on."""
+        if isinstance(self.db.dialect, PostgresDialect):
+            assert self.listener is not None
+            self.listener.start()
+        return self.db.events
+
     def close(self) -> None:
-        """Close this thread's connection."""
+        """Close this thread's connection (and stop listening)."""
+        if self.listener is not None:
+            self.listener.stop()
         self.db.close()
 
 

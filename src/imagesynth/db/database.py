@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imagesynth.errors import ImageSynthError
+from imagesynth.tasks.events import EventHub
 
 FINAL_STATUSES = "('SUCCEEDED', 'FAILED', 'CANCELED')"
 PG_SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(7239512014)"  # arbitrary constant keys
 PG_CLAIM_LOCK = "SELECT pg_advisory_xact_lock(7239512015)"
 PG_KEY_LOCK = "SELECT pg_advisory_xact_lock(hashtext(:lock_name))"
+# One channel for every wake-up; the payload is "<topic>:<key>" (tasks/events.py).
+PG_CHANNEL = "imagesynth"
 
 
 class DatabaseUrlError(ImageSynthError):
@@ -134,10 +137,16 @@ def dialect_for(url: str) -> Dialect:
 
 
 class Database:
-    """One database for every store. Thread-safe: each thread gets its own connection."""
+    """One database for every store. Thread-safe: each thread gets its own connection.
+
+    `events` is this process's wake-up hub: stores announce changes with notify(). On
+    PostgreSQL the announcement is a NOTIFY in the same transaction, delivered to every
+    process's listener (db/listener.py) at commit; on SQLite it reaches this process's hub
+    once the transaction has committed (other processes poll)."""
 
     def __init__(self, url: str) -> None:
         self.dialect = dialect_for(url)
+        self.events = EventHub()
         self._local = threading.local()
 
     def connection(self) -> Any:
@@ -164,12 +173,32 @@ class Database:
         # SQLite: IMMEDIATE takes the write lock up front, so readers-turned-writers never
         # deadlock. PostgreSQL: a plain transaction; row and advisory locks do the rest.
         conn.execute("BEGIN IMMEDIATE" if self.dialect.name == "sqlite" else "BEGIN")
+        self._local.pending = []
         try:
             yield
         except BaseException:
+            self._local.pending = None
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        pending, self._local.pending = self._local.pending, None
+        for topic, key in pending:
+            self.events.publish(topic, key)
+
+    def notify(self, topic: str, key: str) -> None:
+        """Announce an event (tasks/events.py) once the current transaction commits, or now
+        outside one."""
+        if self.dialect.name == "postgresql":
+            self.execute(
+                "SELECT pg_notify(:channel, :payload)",
+                {"channel": PG_CHANNEL, "payload": f"{topic}:{key}"},
+            )
+            return
+        pending = getattr(self._local, "pending", None)
+        if pending is None:
+            self.events.publish(topic, key)
+        else:
+            pending.append((topic, key))
 
     def lock(self, statement: str, **params: Any) -> None:
         """Take one of the dialect's transaction locks (nothing to do where it has none)."""

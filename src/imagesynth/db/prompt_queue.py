@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from imagesynth.db.database import Database
 from imagesynth.db.rows import TASK_COLUMNS, row_to_task
+from imagesynth.tasks.events import CLAIMABLE
 from imagesynth.tasks.models import Task
 
 
@@ -28,10 +29,14 @@ class SqlPromptQueue:
 
     def set_actual_prompt(self, task_id: str, prompt: str, note: str | None) -> bool:
         """Record the prompt the pipeline will get, and let workers take the task."""
-        cur = self.db.execute(
+        rows = self.db.execute(
             """UPDATE tasks SET actual_prompt = :prompt, prompt_note = :note, prompt_ready = 1,
                 prompt_lease_until = NULL
-            WHERE id = :id AND prompt_ready = 0""",
+            WHERE id = :id AND prompt_ready = 0
+            RETURNING model""",
             {"id": task_id, "prompt": prompt, "note": note},
-        )
-        return bool(cur.rowcount == 1)
+        ).fetchall()  # all: an unfinished SQLite statement would hold its write lock
+        if not rows:
+            return False
+        self.db.notify(CLAIMABLE, rows[0]["model"])
+        return True

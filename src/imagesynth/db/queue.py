@@ -12,6 +12,7 @@ from imagesynth.db.ledger import record_finished
 from imagesynth.db.rows import LEDGER_SOURCE, TASK_COLUMNS, row_to_task
 from imagesynth.domain import TaskStatus
 from imagesynth.errors import FailureCode
+from imagesynth.tasks.events import CLAIMABLE, ENDED
 from imagesynth.tasks.models import ImageResult, Task
 
 LOST = FailureCode.WORKER_LOST
@@ -21,16 +22,28 @@ class SqlTaskQueue:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def claim(self, worker_id: str, models: Sequence[str], lease_seconds: float) -> Task | None:
+    def claim(
+        self,
+        worker_id: str,
+        models: Sequence[str],
+        lease_seconds: float,
+        *,
+        batch_key: str | None = None,
+        max_n: int | None = None,
+    ) -> Task | None:
         """Take the next PENDING task of one of `models`: RUNNING, leased to this worker.
 
         Keys take turns: the next task is the oldest of the key served least recently (by
         claim count, in queue_turns), so a key that floods the queue cannot starve another.
-        A key whose tasks of a model already fill its in-flight limit is skipped for it."""
+        A key whose tasks of a model already fill its in-flight limit is skipped for it.
+        With batch_key (and max_n), only a task that may join that batch is taken."""
         if not models:
             return None
         names = {f"m{i}": m for i, m in enumerate(models)}
         placeholders = ", ".join(f":{k}" for k in names)
+        joining = ""
+        if batch_key is not None:
+            joining = " AND batch_key = :batch_key AND n <= :max_n"
         with self.db.transaction():
             self.db.lock(self.db.dialect.claim_lock)
             row = self.db.execute(
@@ -40,6 +53,7 @@ class SqlTaskQueue:
                 ), heads AS (
                     SELECT api_key_id, model, MIN(seq) AS seq FROM tasks
                     WHERE status = 'PENDING' AND prompt_ready = 1 AND model IN ({placeholders})
+                      {joining}
                     GROUP BY model, api_key_id
                 ), next_task AS (
                     SELECT t.id FROM heads h
@@ -54,7 +68,13 @@ class SqlTaskQueue:
                     started_at = COALESCE(started_at, {{now}}), progress_step = 0
                 WHERE id = (SELECT id FROM next_task) AND status = 'PENDING'
                 RETURNING {TASK_COLUMNS}""",
-                {"worker": worker_id, "lease": lease_seconds, **names},
+                {
+                    "worker": worker_id,
+                    "lease": lease_seconds,
+                    "batch_key": batch_key,
+                    "max_n": max_n if max_n is not None else 1 << 30,
+                    **names,
+                },
             ).fetchone()
             if row is not None:
                 self.db.execute(
@@ -122,18 +142,24 @@ class SqlTaskQueue:
                 return False
             images = sum(1 for r in results if r.blob_key) if status == TaskStatus.SUCCEEDED else 0
             record_finished(self.db, [row], images)
+            self.db.notify(ENDED, task_id)
+            self.db.notify(CLAIMABLE, row["model"])  # its key's in-flight slot came free
         return True
 
     def release(self, task_id: str, worker_id: str, attempt: int) -> bool:
         """Hand a task back to the queue on a clean shutdown; the attempt does not count."""
-        cur = self.db.execute(
+        rows = self.db.execute(
             """UPDATE tasks SET status = 'PENDING', worker_id = NULL, lease_until = NULL,
                 attempts = attempts - 1, progress_step = 0
             WHERE id = :id AND worker_id = :worker AND attempts = :attempt
-              AND status = 'RUNNING'""",
+              AND status = 'RUNNING'
+            RETURNING model""",
             {"id": task_id, "worker": worker_id, "attempt": attempt},
-        )
-        return bool(cur.rowcount == 1)
+        ).fetchall()  # all: an unfinished SQLite statement would hold its write lock
+        if not rows:
+            return False
+        self.db.notify(CLAIMABLE, rows[0]["model"])  # a hint: outside the update is soon enough
+        return True
 
     def reap_expired_leases(self) -> list[tuple[str, TaskStatus]]:
         """RUNNING tasks whose lease ran out go back to PENDING, or end FAILED once they have
@@ -160,4 +186,9 @@ class SqlTaskQueue:
                 },
             ).fetchall()
             record_finished(self.db, [r for r in rows if TaskStatus(r["status"]).is_final])
+            for r in rows:
+                if TaskStatus(r["status"]).is_final:
+                    self.db.notify(ENDED, r["id"])
+            for model in {r["model"] for r in rows}:
+                self.db.notify(CLAIMABLE, model)
         return [(r["id"], TaskStatus(r["status"])) for r in rows]

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     actual_prompt TEXT,
     prompt_ready INTEGER NOT NULL DEFAULT 1,
     prompt_note TEXT,
-    prompt_lease_until {real}
+    prompt_lease_until {real},
+    batch_key TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_running ON tasks (lease_until) WHERE status = 'RUNNING';
 CREATE INDEX IF NOT EXISTS tasks_seq ON tasks (seq);
@@ -86,6 +87,7 @@ _ADDED_COLUMNS = (
     ("tasks", "prompt_ready", "INTEGER NOT NULL DEFAULT 1"),
     ("tasks", "prompt_note", "TEXT"),
     ("tasks", "prompt_lease_until", "{real}"),
+    ("tasks", "batch_key", "TEXT"),  # GenerationParams.batch_key; NULL: never batched
     ("api_keys", "settings", "TEXT"),
 )
 # Indexes on added columns: created once the columns surely exist.

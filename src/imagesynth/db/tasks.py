@@ -14,6 +14,7 @@ from imagesynth.db.database import FINAL_STATUSES, Database
 from imagesynth.db.ledger import key_standing, record_finished
 from imagesynth.db.rows import LEDGER_SOURCE, TASK_COLUMNS, row_to_task
 from imagesynth.domain import GenerationParams, TaskStatus
+from imagesynth.tasks.events import CLAIMABLE, ENDED
 from imagesynth.tasks.models import Task, TaskFilter
 
 
@@ -49,10 +50,10 @@ class SqlTaskStore:
             row = self.db.execute(
                 f"""INSERT INTO tasks (id, seq, api_key_id, model, params, status, request_id,
                     workspace, max_attempts, created_at, progress_total, n, in_flight,
-                    price_micros, free_quota, free_until, prompt_ready)
+                    price_micros, free_quota, free_until, prompt_ready, batch_key)
                 VALUES (:id, {{next_seq}}, :key, :model,
                     :params, 'PENDING', :request_id, :workspace, :max_attempts, {{now}}, :steps,
-                    :n, :in_flight, :price, :free_quota, :free_until, :prompt_ready)
+                    :n, :in_flight, :price, :free_quota, :free_until, :prompt_ready, :batch_key)
                 RETURNING {TASK_COLUMNS}""",
                 {
                     "id": task_id,
@@ -69,8 +70,11 @@ class SqlTaskStore:
                     "free_quota": terms.free_quota,
                     "free_until": terms.free_until,
                     "prompt_ready": 0 if rewrite_prompt else 1,
+                    "batch_key": params.batch_key,
                 },
             ).fetchone()
+            if not rewrite_prompt:
+                self.db.notify(CLAIMABLE, model)
         return row_to_task(row)
 
     def get_task(self, task_id: str, api_key_id: str | None = None) -> Task | None:
@@ -112,6 +116,8 @@ class SqlTaskStore:
                 {"id": task_id, "key": api_key_id},
             ).fetchall()
             record_finished(self.db, rows)
+            for row in rows:
+                self.db.notify(ENDED, row["id"])
         return len(rows) == 1
 
     def request_cancel(self, task_id: str) -> TaskStatus | None:
@@ -124,6 +130,8 @@ class SqlTaskStore:
                 {"id": task_id},
             ).fetchall()
             record_finished(self.db, rows)
+            for row in rows:
+                self.db.notify(ENDED, row["id"])
         if rows:
             return TaskStatus.CANCELED
         self.db.execute(

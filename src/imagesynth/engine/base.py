@@ -89,6 +89,16 @@ class GenerationBatch:
     style_scale: float = 0.0
     # The name of one of the spec's `loras` to switch on for this call; None: no LoRA.
     lora: str | None = None
+    # A call that serves several tasks (the worker's batches): image i's own prompts.
+    # Empty: every image uses `prompt` and `negative_prompt`.
+    prompts: tuple[str, ...] = ()
+    negative_prompts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("prompts", "negative_prompts"):
+            given = getattr(self, name)
+            if given and len(given) != len(self.seeds):
+                raise ValueError(f"{name} must give one per seed ({len(self.seeds)})")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from imagesynth.accounts.models import TaskTerms
 from imagesynth.domain import GenerationParams, TaskStatus
 from imagesynth.errors import FailureCode
+from imagesynth.tasks.events import CLAIMABLE, ENDED, EventHub
 from imagesynth.tasks.models import ImageResult, Task
 
 
@@ -28,6 +29,7 @@ class InMemoryTaskQueue:
         self._claims = 0
         self._seq = 0
         self._lock = threading.Lock()
+        self.events = EventHub()  # tasks.ports.TaskEvents, published as the SQL stores do
 
     # -- filling it (what the task service does on the SQL store) --------------------------
 
@@ -60,7 +62,9 @@ class InMemoryTaskQueue:
                 prompt_ready=prompt_ready,
             )
             self._tasks[task.id] = task
-            return task
+        if prompt_ready:
+            self.events.publish(CLAIMABLE, model)
+        return task
 
     def get_task(self, task_id: str) -> Task | None:
         with self._lock:
@@ -75,7 +79,15 @@ class InMemoryTaskQueue:
 
     # -- TaskQueue ------------------------------------------------------------------------
 
-    def claim(self, worker_id: str, models: Sequence[str], lease_seconds: float) -> Task | None:
+    def claim(
+        self,
+        worker_id: str,
+        models: Sequence[str],
+        lease_seconds: float,
+        *,
+        batch_key: str | None = None,
+        max_n: int | None = None,
+    ) -> Task | None:
         with self._lock:
             running: dict[tuple[str, str], int] = {}
             for t in self._tasks.values():
@@ -84,6 +96,10 @@ class InMemoryTaskQueue:
             heads: dict[tuple[str, str], Task] = {}
             for t in self._tasks.values():
                 if t.status != TaskStatus.PENDING or not t.prompt_ready or t.model not in models:
+                    continue
+                if batch_key is not None and (
+                    t.params.batch_key != batch_key or (max_n is not None and t.params.n > max_n)
+                ):
                     continue
                 at = (t.api_key_id, t.model)
                 if at not in heads or t.seq < heads[at].seq:
@@ -164,7 +180,9 @@ class InMemoryTaskQueue:
                 if status == TaskStatus.SUCCEEDED
                 else t.progress_step,
             )
-            return True
+        self.events.publish(ENDED, task_id)
+        self.events.publish(CLAIMABLE, t.model)
+        return True
 
     def release(self, task_id: str, worker_id: str, attempt: int) -> bool:
         with self._lock:
@@ -179,7 +197,8 @@ class InMemoryTaskQueue:
                 attempts=t.attempts - 1,
                 progress_step=0,
             )
-            return True
+        self.events.publish(CLAIMABLE, t.model)
+        return True
 
     # -- LeaseReaper ----------------------------------------------------------------------
 
@@ -208,4 +227,8 @@ class InMemoryTaskQueue:
                     progress_step=0,
                 )
                 reaped.append((t.id, status))
-            return reaped
+        for task_id, status in reaped:
+            if status.is_final:
+                self.events.publish(ENDED, task_id)
+            self.events.publish(CLAIMABLE, self._tasks[task_id].model)
+        return reaped

@@ -19,10 +19,19 @@ from imagesynth.tasks.models import ImageResult, Task, TaskFilter
 class TaskQueue(Protocol):
     """What a worker does with the queue."""
 
-    def claim(self, worker_id: str, models: Sequence[str], lease_seconds: float) -> Task | None:
+    def claim(
+        self,
+        worker_id: str,
+        models: Sequence[str],
+        lease_seconds: float,
+        *,
+        batch_key: str | None = None,
+        max_n: int | None = None,
+    ) -> Task | None:
         """The next PENDING task of one of `models`, now RUNNING and leased to `worker_id`
         (attempts + 1); None when none may run. Keys take turns, and a key's tasks of a model
-        never exceed its in-flight limit."""
+        never exceed its in-flight limit. With `batch_key`, only a task of that
+        GenerationParams.batch_key with at most `max_n` images (one to join a batch)."""
         ...
 
     def heartbeat(self, worker_id: str, lease_seconds: float) -> set[str]:
@@ -49,6 +58,21 @@ class TaskQueue(Protocol):
 
     def release(self, task_id: str, worker_id: str, attempt: int) -> bool:
         """Hand the task back to the queue on shutdown; the attempt does not count."""
+        ...
+
+
+class TaskEvents(Protocol):
+    """Wake-ups instead of polling (tasks/events.py): hints to look at the queue again, never
+    the record. Callbacks run on the publisher's thread and must not block."""
+
+    def on_claimable(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call `callback(model)` whenever a task of `model` may have become claimable;
+        returns the unsubscribe function."""
+        ...
+
+    def on_ended(self, task_id: str, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call `callback(task_id)` when that task reaches a final status; returns the
+        unsubscribe function."""
         ...
 
 

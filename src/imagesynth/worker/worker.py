@@ -1,21 +1,26 @@
-"""The worker: claim a task, run it on its engine, check, label and store the images, finish
-(fenced).
+"""The worker: claim tasks, run them on their engine, check, label and store the images,
+finish (fenced).
 
-One worker runs one engine call at a time. A heartbeat thread, not the one running the
-engine, keeps the leases alive and learns of cancellations; the step callback checks them.
-A worker killed outright simply stops heartbeating: its lease runs out and the maintenance pass
-hands the task to another worker (docs/task-queue.md).
+One worker runs one engine call at a time, on its generation thread; the images of a call are
+post-processed on a bounded pool (worker/postprocess.py) while the engine already runs the
+next one. Compatible tasks of a model may share one call (a batch, up to the catalog's
+`max_batch` images). A heartbeat thread keeps every lease alive, including those of tasks in
+post-processing, and learns of cancellations; the step callback checks them. An idle worker
+sleeps until an event says a task may be claimable (tasks/events.py), polling only as the
+fallback. A worker killed outright simply stops heartbeating: its lease runs out and the
+maintenance pass hands its tasks, generated or not, to another worker (docs/task-queue.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from PIL import Image
@@ -32,8 +37,9 @@ from imagesynth.safety.guard import Guard
 from imagesynth.safety.images import ImageClassifier, NoImageClassifier, Verdict
 from imagesynth.storage.blobs import BlobStore
 from imagesynth.tasks.models import ImageResult, Task
-from imagesynth.tasks.ports import TaskQueue
+from imagesynth.tasks.ports import TaskEvents, TaskQueue
 from imagesynth.worker.engines import Engines
+from imagesynth.worker.postprocess import Generated, PostProcessing, Steps, process_inline
 from imagesynth.worker.references import reference_start, reference_style
 
 log = logging.getLogger(__name__)
@@ -106,9 +112,15 @@ class Worker:
         labeler: Labeler | None = None,
         classifier: ImageClassifier | None = None,
         guard: Guard | None = None,
+        events: TaskEvents | None = None,
+        postprocess_threads: int = 2,
+        postprocess_queue: int = 2,
     ) -> None:
         """guard: a local guard model asked about each task's prompt before generation (a
-        remote one screens at submit instead)."""
+        remote one screens at submit instead). events: wake-ups when tasks may be claimable
+        (without: polling every `poll_seconds`). postprocess_threads: post-processing jobs at
+        once; postprocess_queue: tasks whose images may wait for post-processing (the memory
+        bound)."""
         self.queue = queue
         self.blobs = blobs
         self.catalog = catalog
@@ -121,8 +133,16 @@ class Worker:
         self.labeler = labeler or Labeler()
         self.classifier: ImageClassifier = classifier or NoImageClassifier()
         self.guard = guard
+        self.events = events
+        self.postprocess_threads = postprocess_threads
+        self.postprocess_queue = postprocess_queue
+        self.calls = 0  # engine calls made (a batch of tasks is one)
         self._cancel_requested: set[str] = set()
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._steps = Steps(
+            classify=self._inspect, encode=self._encode, store=self._put, conclude=self._conclude
+        )
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -154,9 +174,10 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     def run(self, stop: threading.Event | None = None) -> None:
-        """Work until stop() (or `stop` is set). A task running then is handed back."""
+        """Work until stop() (or `stop` is set). Tasks not finished by then are handed back."""
         if stop is not None:
 
             def relay() -> None:
@@ -167,23 +188,71 @@ class Worker:
         self.prepare()
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
+        unsubscribe = self._subscribe()
+        pool = PostProcessing(self._steps, self.postprocess_threads, self.postprocess_queue)
         log.info("worker %s serving %s", self.worker_id, ", ".join(self.models))
-        while not self._stop.is_set():
-            if not self.run_once():
-                self._stop.wait(self.poll_seconds)
+        try:
+            while pool.wait_for_room(self._stop):
+                # Cleared before the claim: an event during it is not lost.
+                self._wake.clear()
+                tasks = self._claim()
+                if not tasks:
+                    self._wake.wait(self.poll_seconds)
+                    continue
+                for generated in self._generate(tasks):
+                    pool.submit(generated)
+        finally:
+            unsubscribe()
+            pool.shutdown()  # every task inside concludes: finished, or handed back
+
+    def _subscribe(self) -> Callable[[], None]:
+        if self.events is None:
+            return lambda: None
+        served = set(self.models)
+
+        def on_claimable(model: str) -> None:
+            if model in served:
+                self._wake.set()
+
+        return self.events.on_claimable(on_claimable)
 
     def run_once(self) -> bool:
-        """Claim and run one task; False when there was none (or the claim failed)."""
+        """Claim and run one call's tasks to their end on this thread; False when there was
+        none (or the claim failed)."""
+        tasks = self._claim()
+        if not tasks:
+            return False
+        for generated in self._generate(tasks):
+            process_inline(generated, self._steps)
+        return True
+
+    def execute(self, task: Task) -> None:
+        """Run one claimed task to its end on this thread."""
+        for generated in self._generate([task]):
+            process_inline(generated, self._steps)
+
+    def _claim(self) -> list[Task]:
+        """The next task, and the compatible tasks that may share its engine call."""
         try:
-            task = self.queue.claim(self.worker_id, self.models, self.lease_seconds)
+            first = self.queue.claim(self.worker_id, self.models, self.lease_seconds)
+            if first is None:
+                return []
+            tasks = [first]
+            key = first.params.batch_key
+            room = self.catalog.get(first.model).max_batch - first.params.n
+            while key is not None and room > 0:
+                more = self.queue.claim(
+                    self.worker_id, [first.model], self.lease_seconds, batch_key=key, max_n=room
+                )
+                if more is None:
+                    break
+                tasks.append(more)
+                room -= more.params.n
+            return tasks
         except Exception:
             log.exception("claim failed; retrying")
             self._stop.wait(1.0)
-            return False
-        if task is None:
-            return False
-        self.execute(task)
-        return True
+            return []
 
     def _heartbeat_loop(self) -> None:
         interval = max(self.lease_seconds / 3, 0.05)
@@ -197,60 +266,58 @@ class Worker:
         except Exception:
             log.exception("heartbeat failed")
 
-    # -- one task -------------------------------------------------------------------------
+    # -- generation -----------------------------------------------------------------------
 
-    def execute(self, task: Task) -> None:
-        attempt = task.attempts
-        log.info("task %s attempt %d: %s started", task.id, attempt, task.model)
+    def _generate(self, tasks: list[Task]) -> list[Generated]:
+        """One engine call for `tasks` (compatible: one model, size, steps, guidance and
+        style); each task's images, or nothing for a task that ended here."""
         started = time.monotonic()
-        if self._guard_blocks(task):
-            self._finish(
-                task,
-                TaskStatus.FAILED,
-                error_code=FailureCode.DATA_INSPECTION,
-                error_message=FailureCode.DATA_INSPECTION.message,
-            )
-            return
+        live = []
+        for task in tasks:
+            log.info("task %s attempt %d: %s started", task.id, task.attempts, task.model)
+            if self._guard_blocks(task):
+                self._finish(
+                    task,
+                    TaskStatus.FAILED,
+                    error_code=FailureCode.DATA_INSPECTION,
+                    error_message=FailureCode.DATA_INSPECTION.message,
+                )
+            else:
+                live.append(task)
+        if not live:
+            return []
         try:
-            spec = self.catalog.get(task.model)
+            spec = self.catalog.get(live[0].model)
             engine = self.engines.for_model(spec)
-            on_step = self._on_step(task, engine)
-            images = engine.generate(self._batch(task, spec), on_step)
+            on_step = self._on_step(live, engine)
+            self.calls += 1
+            images = engine.generate(self._batch_of(live, spec), on_step)
             if not engine.capabilities.cancel:
-                self._check_stop(task)  # the call could not be stopped: drop its images now
-            generated = time.monotonic()
-            results = [self._store(task, spec, i, image) for i, image in enumerate(images)]
+                self._check_stop(live)  # the call could not be stopped: drop its images now
         except _ShuttingDown:
-            self.queue.release(task.id, self.worker_id, attempt)
-            log.info("task %s handed back on shutdown", task.id)
-            return
+            for task in live:
+                self.queue.release(task.id, self.worker_id, task.attempts)
+                log.info("task %s handed back on shutdown", task.id)
+            return []
         except _Cancelled:
-            self._finish(task, TaskStatus.CANCELED)
-            return
+            for task in live:
+                self._finish(task, TaskStatus.CANCELED)
+            return []
         except Exception:
-            log.exception("task %s failed", task.id)
-            self._finish(
-                task,
-                TaskStatus.FAILED,
-                error_code=FailureCode.ALGO,
-                error_message=FailureCode.ALGO.message,
-            )
-            return
-        if not any(r.blob_key for r in results):
-            self._finish(
-                task,
-                TaskStatus.FAILED,
-                error_code=FailureCode.DATA_INSPECTION,
-                error_message=FailureCode.DATA_INSPECTION.message,
-            )
-            return
-        if self._finish(task, TaskStatus.SUCCEEDED, results=results):
-            log.info(
-                "task %s succeeded in %.2fs (engine %.2fs)",
-                task.id,
-                time.monotonic() - started,
-                generated - started,
-            )
+            log.exception("tasks %s failed", ", ".join(t.id for t in live))
+            for task in live:
+                self._fail(task)
+            return []
+        generated, done = [], time.monotonic()
+        if len(live) > 1:
+            log.info("one engine call served %d tasks", len(live))
+        for task in live:
+            mine, images = images[: task.params.n], images[task.params.n :]
+            if task.id in self._cancel_requested:
+                self._finish(task, TaskStatus.CANCELED)
+                continue
+            generated.append(Generated(task, spec, mine, started, done))
+        return generated
 
     def _guard_blocks(self, task: Task) -> bool:
         """Whether the guard blocks the task's prompt: the user's, and the rewrite the
@@ -269,22 +336,15 @@ class Worker:
                 return True
         return False
 
-    def _store(self, task: Task, spec: ModelSpec, index: int, image: Image.Image) -> ImageResult:
-        """Check, label and store image `index`; its result slot."""
-        withheld = self._inspect(task, index, image)
-        if withheld is not None:
-            return withheld  # never written: there is no file to serve
-        key = result_key(task, index)
-        label = image_label(self.labeler, image, task, spec, index)
-        self.blobs.put(key, self.labeler.encode(image, label))
-        return ImageResult(blob_key=key, actual_prompt=task.effective_prompt)
+    # -- post-processing (worker/postprocess.py runs these) ---------------------------------
 
-    def _inspect(self, task: Task, index: int, image: Image.Image) -> ImageResult | None:
+    def _inspect(self, job: Generated, index: int) -> ImageResult | None:
         """The slot that replaces an image the classifier flags (or cannot check), else None."""
         if not self.classifier.enabled:
             return None
+        task = job.task
         try:
-            verdict = self.classifier.score(image)
+            verdict = self.classifier.score(job.images[index])
         except Exception:
             # Fail closed: an image nobody could check is not served.
             log.exception("task %s image %d: safety check failed; withholding it", task.id, index)
@@ -300,6 +360,65 @@ class Worker:
             return None
         return ImageResult(
             code=FailureCode.DATA_INSPECTION, message=FailureCode.DATA_INSPECTION.message
+        )
+
+    def _encode(self, job: Generated, index: int) -> bytes:
+        image = job.images[index]
+        label = image_label(self.labeler, image, job.task, job.spec, index)
+        return self.labeler.encode(image, label)
+
+    def _put(self, job: Generated, index: int, data: bytes) -> ImageResult:
+        self._check_stop([job.task])  # a stopping worker stores nothing more
+        key = result_key(job.task, index)
+        self.blobs.put(key, data)
+        return ImageResult(blob_key=key, actual_prompt=job.task.effective_prompt)
+
+    def _conclude(self, job: Generated) -> None:
+        """Finish a post-processed task: succeeded, or handed back, cancelled or failed with
+        whatever it stored deleted."""
+        task, error = job.task, job.error
+        if error is None and task.id in self._cancel_requested:
+            error = _Cancelled()
+        if error is None and self._stop.is_set():
+            error = _ShuttingDown()
+        if isinstance(error, _ShuttingDown):
+            self.blobs.delete_prefix(f"{task.id}/{task.attempts}")
+            self.queue.release(task.id, self.worker_id, task.attempts)
+            log.info("task %s handed back on shutdown", task.id)
+            return
+        if error is not None:
+            self.blobs.delete_prefix(f"{task.id}/{task.attempts}")
+            if isinstance(error, _Cancelled):
+                self._finish(task, TaskStatus.CANCELED)
+            else:
+                log.error("task %s failed in post-processing", task.id, exc_info=error)
+                self._fail(task)
+            return
+        results = [r or ImageResult() for r in job.results]
+        if not any(r.blob_key for r in results):
+            self._finish(
+                task,
+                TaskStatus.FAILED,
+                error_code=FailureCode.DATA_INSPECTION,
+                error_message=FailureCode.DATA_INSPECTION.message,
+            )
+            return
+        if self._finish(task, TaskStatus.SUCCEEDED, results=results):
+            now = time.monotonic()
+            log.info(
+                "task %s succeeded in %.2fs (engine %.2fs, post-processing %.2fs)",
+                task.id,
+                now - job.started,
+                job.generated - job.started,
+                now - job.generated,
+            )
+
+    def _fail(self, task: Task) -> None:
+        self._finish(
+            task,
+            TaskStatus.FAILED,
+            error_code=FailureCode.ALGO,
+            error_message=FailureCode.ALGO.message,
         )
 
     def _finish(
@@ -324,6 +443,21 @@ class Worker:
         for earlier in range(1, task.attempts):
             self.blobs.delete_prefix(f"{task.id}/{earlier}")
         return True
+
+    # -- the engine call ------------------------------------------------------------------
+
+    def _batch_of(self, tasks: list[Task], spec: ModelSpec) -> GenerationBatch:
+        """One call for every task's images, in task order."""
+        first = self._batch(tasks[0], spec)
+        if len(tasks) == 1:
+            return first
+        parts = [first, *(self._batch(t, spec) for t in tasks[1:])]
+        return dataclasses.replace(
+            first,
+            seeds=tuple(seed for part in parts for seed in part.seeds),
+            prompts=tuple(part.prompt for part in parts for _ in part.seeds),
+            negative_prompts=tuple(part.negative_prompt for part in parts for _ in part.seeds),
+        )
 
     def _batch(self, task: Task, spec: ModelSpec) -> GenerationBatch:
         p = task.params
@@ -356,22 +490,25 @@ class Worker:
             guidance=p.guidance,
         )
 
-    def _check_stop(self, task: Task) -> None:
+    def _check_stop(self, tasks: list[Task]) -> None:
+        """Raise when the call should stop: the worker is stopping, or every one of its
+        tasks was cancelled (a batch runs on for the tasks still wanted)."""
         if self._stop.is_set():
             raise _ShuttingDown()
-        if task.id in self._cancel_requested:
+        if all(task.id in self._cancel_requested for task in tasks):
             raise _Cancelled()
 
-    def _on_step(self, task: Task, engine: Engine) -> StepCallback:
+    def _on_step(self, tasks: list[Task], engine: Engine) -> StepCallback:
         last_write = 0.0
         report = engine.capabilities.progress
 
         def on_step(step: int, total: int) -> None:
             nonlocal last_write
-            self._check_stop(task)
+            self._check_stop(tasks)
             now = time.monotonic()
             if report and now - last_write >= PROGRESS_INTERVAL_SECONDS and step < total:
                 last_write = now
-                self.queue.set_progress(task.id, self.worker_id, task.attempts, step)
+                for task in tasks:
+                    self.queue.set_progress(task.id, self.worker_id, task.attempts, step)
 
         return on_step

@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image
 
-from imagesynth.engine.base import EngineSpec, StepCallback
+from imagesynth.engine.base import EngineSpec, GenerationBatch, StepCallback
 
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -81,6 +81,33 @@ def fit(image: Image.Image, width: int, height: int) -> Image.Image:
     if left < 0 or top < 0:
         raise ValueError(f"pipeline returned {image.size}, smaller than {(width, height)}")
     return image.convert("RGB").crop((left, top, left + width, top + height))
+
+
+def prompt_arguments(
+    batch: GenerationBatch, negative: Callable[[str], str | None] = lambda text: text
+) -> dict[str, Any]:
+    """The pipeline's prompt, negative_prompt and num_images_per_prompt for `batch`.
+
+    `negative` maps a negative prompt to what the family passes (None: none at all). One
+    prompt for every image stays one prompt with num_images_per_prompt (its text is encoded
+    once); a batch of several tasks' prompts passes one prompt per image."""
+    if not batch.prompts and not batch.negative_prompts:
+        return {
+            "prompt": batch.prompt,
+            "negative_prompt": negative(batch.negative_prompt),
+            "num_images_per_prompt": len(batch.seeds),
+        }
+    count = len(batch.seeds)
+    prompts = list(batch.prompts or (batch.prompt,) * count)
+    negatives = [negative(t) for t in batch.negative_prompts or (batch.negative_prompt,) * count]
+    return {
+        "prompt": prompts,
+        # A list may not mix None with text: "" is what every pipeline takes None for.
+        "negative_prompt": (
+            None if all(n is None for n in negatives) else [n or "" for n in negatives]
+        ),
+        "num_images_per_prompt": 1,
+    }
 
 
 def cpu_generators(seeds: tuple[int, ...]) -> list[Any]:

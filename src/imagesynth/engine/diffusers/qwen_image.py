@@ -11,6 +11,7 @@ from imagesynth.engine.diffusers.pipelines import (
     cpu_generators,
     fit,
     load_pipeline,
+    prompt_arguments,
     run_size,
     step_callback,
 )
@@ -42,13 +43,11 @@ class QwenImageEngine:
         cfg = batch.guidance > 1
         with torch.inference_mode():
             out = pipe(
-                prompt=batch.prompt,
-                negative_prompt=(batch.negative_prompt or " ") if cfg else None,
+                **prompt_arguments(batch, lambda text: (text or " ") if cfg else None),
                 true_cfg_scale=batch.guidance if cfg else 1.0,
                 width=width,
                 height=height,
                 num_inference_steps=batch.steps,
-                num_images_per_prompt=len(batch.seeds),
                 generator=cpu_generators(batch.seeds),
                 output_type="pil",
                 callback_on_step_end=step_callback(on_step, batch.steps),

@@ -20,6 +20,7 @@ from imagesynth.engine.diffusers.pipelines import (
     cpu_generators,
     fit,
     load_pipeline,
+    prompt_arguments,
     run_size,
     step_callback,
 )
@@ -112,8 +113,15 @@ class StableDiffusionEngine:
         # One embedding per image prompt; with classifier-free guidance the pipeline splits
         # the tensor into the unconditional and the conditional half.
         guided = batch.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
+        # The pipeline repeats the embedding per image of a prompt: a batch of several
+        # prompts (one image each) needs one per prompt.
+        prompts = len(batch.seeds) if batch.prompts else 1
         zeros = torch.zeros(
-            2 if guided else 1, 1, self._embed_dim, dtype=pipe.unet.dtype, device=pipe.device
+            prompts * (2 if guided else 1),
+            1,
+            self._embed_dim,
+            dtype=pipe.unet.dtype,
+            device=pipe.device,
         )
         return {"ip_adapter_image_embeds": [zeros]}
 
@@ -155,13 +163,11 @@ class StableDiffusionEngine:
         with torch.inference_mode():
             out = pipe(
                 **image_prompt,
-                prompt=batch.prompt,
-                negative_prompt=batch.negative_prompt or None,
+                **prompt_arguments(batch, lambda text: text or None),
                 guidance_scale=batch.guidance,
                 width=width,
                 height=height,
                 num_inference_steps=batch.steps,
-                num_images_per_prompt=len(batch.seeds),
                 generator=cpu_generators(batch.seeds),
                 output_type="pil",
                 callback_on_step_end=step_callback(on_step, batch.steps),
@@ -187,14 +193,12 @@ class StableDiffusionEngine:
         with torch.inference_mode():
             out = self._img2img()(
                 **image_prompt,
-                prompt=batch.prompt,
-                negative_prompt=batch.negative_prompt or None,
+                **prompt_arguments(batch, lambda text: text or None),
                 image=image,
                 # +0.5: int(total * strength) must come out as batch.steps despite rounding.
                 strength=min(1.0, (batch.steps + 0.5) / total),
                 guidance_scale=batch.guidance,
                 num_inference_steps=total,
-                num_images_per_prompt=len(batch.seeds),
                 generator=cpu_generators(batch.seeds),
                 output_type="pil",
                 callback_on_step_end=step_callback(on_step, batch.steps),

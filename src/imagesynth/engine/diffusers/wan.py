@@ -14,6 +14,7 @@ from imagesynth.engine.diffusers.pipelines import (
     cpu_generators,
     fit,
     load_pipeline,
+    prompt_arguments,
     run_size,
     step_callback,
 )
@@ -44,15 +45,16 @@ class WanEngine:
         multiple = pipe.vae_scale_factor_spatial * transformer.config.patch_size[1]
         width, height = run_size(batch.width, batch.height, multiple)
         with torch.inference_mode():
+            prompts = prompt_arguments(batch, lambda text: text or None)
             out = pipe(
-                prompt=batch.prompt,
-                negative_prompt=batch.negative_prompt or None,
+                prompt=prompts["prompt"],
+                negative_prompt=prompts["negative_prompt"],
+                num_videos_per_prompt=prompts["num_images_per_prompt"],
                 guidance_scale=batch.guidance,
                 width=width,
                 height=height,
                 num_frames=1,
                 num_inference_steps=batch.steps,
-                num_videos_per_prompt=len(batch.seeds),
                 generator=cpu_generators(batch.seeds),
                 output_type="pil",
                 callback_on_step_end=step_callback(on_step, batch.steps),

@@ -15,6 +15,7 @@ from imagesynth.engine.diffusers.pipelines import (
     cpu_generators,
     fit,
     load_pipeline,
+    prompt_arguments,
     run_size,
     step_callback,
 )
@@ -62,15 +63,13 @@ class ZImageEngine:
         scale = zimage_guidance(batch.guidance)
         with torch.inference_mode():
             out = pipe(
-                prompt=batch.prompt,
                 # Without guidance the pipeline never encodes a negative prompt; with it, an
                 # empty one is its own default.
-                negative_prompt=batch.negative_prompt if scale > 0 else None,
+                **prompt_arguments(batch, lambda text: text if scale > 0 else None),
                 guidance_scale=scale,
                 width=width,
                 height=height,
                 num_inference_steps=batch.steps,
-                num_images_per_prompt=len(batch.seeds),
                 generator=cpu_generators(batch.seeds),
                 max_sequence_length=MAX_SEQUENCE_LENGTH,
                 output_type="pil",
