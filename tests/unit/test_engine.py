@@ -494,3 +494,26 @@ def test_worker_switches_on_the_styles_lora(worker: Worker) -> None:
     assert (ink.lora, ink.prompt) == ("<ink>", "ink of a still life")
     assert worker_batch(worker, spec, style="<auto>").lora is None
     assert worker_batch(worker, spec).lora is None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_call_for_several_tasks_gives_each_image_its_own_prompt_and_seed(
+    adapters: dict[Family, Engine], family: Family
+) -> None:
+    # The worker's batches: one call, one prompt (and negative prompt) per image.
+    prompts = ("a cat on a red sofa", "a lighthouse at night, long exposure", "tea")
+    negatives = ("blurry", "", "low quality, jpeg artefacts")
+    together = generate(adapters[family], (5, 9, 5), prompts=prompts, negative_prompts=negatives)
+    for image, prompt, negative, seed in zip(together, prompts, negatives, (5, 9, 5), strict=True):
+        alone = GenerationBatch(
+            prompt=prompt,
+            negative_prompt=negative,
+            width=SMALL[0],
+            height=SMALL[1],
+            seeds=(seed,),
+            steps=2,
+            guidance=4.0,
+        )
+        (single,) = adapters[family].generate(alone, lambda done, total: None)
+        assert max_diff(image, single) <= 1, (prompt, seed)
+    assert np.abs(pixels(together[0]) - pixels(together[1])).mean() > 5

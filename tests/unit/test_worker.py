@@ -190,3 +190,234 @@ def test_a_rerun_that_finishes_deletes_the_files_of_earlier_attempts(rig: Rig) -
     done = rig.get(task_id)
     assert (done.status, done.attempts) == (TaskStatus.SUCCEEDED, 2)
     assert rig.files() == [f"{task_id}/2/{task_id}-0.png", f"{task_id}/input/ref.png"]
+
+
+# -- batching -----------------------------------------------------------------------------
+
+
+def batching_catalog(max_batch: int) -> Catalog:
+    models = dict(CATALOG.models)
+    models[MODEL] = dataclasses.replace(models[MODEL], max_batch=max_batch)
+    return Catalog(models, "test", CATALOG.styles, CATALOG.billing)
+
+
+def stored_pixels(rig: Rig, task_id: str) -> list[Any]:
+    import numpy as np
+
+    out = []
+    for result in rig.get(task_id).results:
+        assert result.blob_key is not None
+        data = rig.blobs.read(result.blob_key)
+        assert data is not None
+        with Image.open(io.BytesIO(data)) as image:
+            out.append(np.asarray(image.convert("RGB"), dtype=np.int16))
+    return out
+
+
+def test_four_compatible_tasks_run_as_one_pipeline_call_each_as_if_alone(
+    tmp_path: Path, demo_root: Path
+) -> None:
+    queue = InMemoryTaskQueue()
+    blobs = LocalBlobStore(tmp_path / "batched", UrlSigner(b"k" * 32, 60))
+    worker = Worker(
+        queue, blobs, batching_catalog(4), demo_root, lease_seconds=30, poll_seconds=0.01
+    )
+    batched = Rig(queue, blobs, worker)
+    prompts = ["a lighthouse", "a koi pond", "a red bicycle", "mountains at dawn"]
+    # Two keys' tasks, one key asking for two images: 1 + 1 + 2 = 4 images, the call's limit.
+    tasks = [
+        batched.queue.add(
+            "key-a",
+            MODEL,
+            CATALOG.get(MODEL).validate(prompt=prompts[0], size="512*512", n=1, seed=3),
+        ),
+        batched.queue.add(
+            "key-b",
+            MODEL,
+            CATALOG.get(MODEL).validate(
+                prompt=prompts[1], size="512*512", n=2, seed=40, negative_prompt="fog"
+            ),
+        ),
+        batched.queue.add(
+            "key-a",
+            MODEL,
+            CATALOG.get(MODEL).validate(prompt=prompts[2], size="512*512", n=1, seed=7),
+        ),
+    ]
+    other_size = batched.add(prompt=prompts[3], size="768*512", n=1, seed=9)
+    one_more = batched.add(prompt=prompts[3], size="512*512", n=1, seed=9)  # over the limit
+
+    assert batched.worker.run_once() is True
+    assert batched.worker.calls == 1
+    assert [batched.get(t.id).status for t in tasks] == [TaskStatus.SUCCEEDED] * 3
+    assert batched.get(other_size.id).status is TaskStatus.PENDING  # never joins
+    assert batched.get(one_more.id).status is TaskStatus.PENDING  # the call was full
+    assert sum(len(batched.get(t.id).results) for t in tasks) == 4
+
+    # Each image is the one its task would have got alone (seed + i, its own prompt).
+    alone = Rig(
+        InMemoryTaskQueue(),
+        LocalBlobStore(tmp_path / "alone", UrlSigner(b"k" * 32, 60)),
+        Worker(
+            InMemoryTaskQueue(),
+            blobs,
+            CATALOG,
+            demo_root,
+            lease_seconds=30,
+            poll_seconds=0.01,
+        ),
+    )
+    alone.worker.queue = alone.queue
+    alone.worker.blobs = alone.blobs
+    for task in tasks:
+        single = alone.queue.add(task.api_key_id, MODEL, task.params)
+        assert alone.worker.run_once() is True
+        for got, want in zip(
+            stored_pixels(batched, task.id), stored_pixels(alone, single.id), strict=True
+        ):
+            assert abs(got - want).max() <= 1
+    assert alone.worker.calls == 3
+
+
+def test_tasks_with_a_reference_image_or_another_style_never_share_a_call() -> None:
+    spec = CATALOG.get("wanx-v1")
+    plain = spec.validate(prompt="a", size="1024*1024", n=1)
+    assert plain.batch_key is not None
+    styled = spec.validate(prompt="a", size="1024*1024", n=1, style="<anime>")
+    assert styled.batch_key not in (None, plain.batch_key)
+    referenced = spec.validate(
+        prompt="a", size="1024*1024", n=1, ref_mode="repaint", ref_strength=0.5, has_reference=True
+    )
+    assert referenced.batch_key is None
+    other_steps = spec.validate(prompt="a", size="1024*1024", n=1, steps=3)
+    assert other_steps.batch_key != plain.batch_key
+
+
+# -- the pipelined loop (Worker.run) --------------------------------------------------------
+
+
+class GatedClassifier:
+    """A real ImageClassifier protocol implementation that lets nothing through until the test
+    opens its gate: post-processing that takes as long as the test needs."""
+
+    name = "gated"
+    threshold = 0.5
+    enabled = True
+
+    def __init__(self) -> None:
+        import threading
+
+        self.gate = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def describe(self) -> str:
+        return "gated test classifier"
+
+    def load(self) -> None:
+        pass
+
+    def score(self, image: Image.Image) -> Any:
+        from imagesynth.safety.images import Verdict
+
+        self.entered.release()
+        assert self.gate.wait(60)
+        return Verdict(flagged=False, score=0.0, label="ok")
+
+
+@dataclasses.dataclass
+class Running:
+    rig: Rig
+    classifier: GatedClassifier
+    thread: Any
+
+    def wait(self, task_id: str, *statuses: TaskStatus, timeout: float = 60) -> Task:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while (task := self.rig.get(task_id)).status not in statuses:
+            assert time.monotonic() < deadline, task
+            time.sleep(0.01)
+        return task
+
+
+@pytest.fixture
+def running(rig: Rig) -> Any:
+    import threading
+
+    classifier = GatedClassifier()
+    rig.worker.classifier = classifier
+    rig.worker.events = rig.queue.events
+    rig.worker.postprocess_queue = 2
+    thread = threading.Thread(target=rig.worker.run, daemon=True)
+    thread.start()
+    yield Running(rig, classifier, thread)
+    classifier.gate.set()
+    rig.worker.stop()
+    thread.join(60)
+
+
+def test_the_engine_runs_the_next_task_while_the_last_is_post_processed(
+    running: Running,
+) -> None:
+    rig = running.rig
+    first, second, third = (rig.add(n=1, seed=s) for s in (1, 2, 3))
+    assert running.classifier.entered.acquire(timeout=60)  # first is in post-processing
+    assert running.classifier.entered.acquire(timeout=60)  # ... and second, generated since
+    assert rig.get(first.id).status is TaskStatus.RUNNING
+    assert rig.get(first.id).progress_step == first.params.steps  # every step done
+    # Two tasks fill post-processing (postprocess_queue = 2): the third waits, unclaimed.
+    assert not running.classifier.entered.acquire(timeout=0.5)
+    assert rig.get(third.id).status is TaskStatus.PENDING
+    assert rig.worker.calls == 2
+    running.classifier.gate.set()
+    for task in (first, second, third):
+        assert running.wait(task.id, TaskStatus.SUCCEEDED).status is TaskStatus.SUCCEEDED
+    assert len(rig.files()) == 3
+
+
+def test_a_task_cancelled_during_post_processing_ends_cancelled_with_no_files(
+    running: Running,
+) -> None:
+    rig = running.rig
+    task = rig.add()
+    assert running.classifier.entered.acquire(timeout=60)
+    rig.queue.request_cancel(task.id)
+    rig.worker.heartbeat()
+    running.classifier.gate.set()
+    assert running.wait(task.id, TaskStatus.CANCELED).status is TaskStatus.CANCELED
+    assert rig.files() == []
+
+
+def test_shutdown_hands_back_the_tasks_in_post_processing(running: Running) -> None:
+    rig = running.rig
+    tasks = [rig.add(n=1, seed=s) for s in (1, 2)]
+    assert running.classifier.entered.acquire(timeout=60)
+    assert running.classifier.entered.acquire(timeout=60)
+    rig.worker.stop()
+    running.classifier.gate.set()
+    running.thread.join(60)
+    assert not running.thread.is_alive()
+    for task in tasks:
+        back = rig.get(task.id)
+        assert (back.status, back.attempts, back.worker_id) == (TaskStatus.PENDING, 0, None)
+    assert rig.files() == []
+
+
+def test_an_idle_worker_wakes_at_the_submit_not_at_its_poll(rig: Rig) -> None:
+    import threading
+    import time
+
+    rig.worker.poll_seconds = 30.0  # a poll would never come within the test
+    rig.worker.events = rig.queue.events
+    thread = threading.Thread(target=rig.worker.run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)  # idle, asleep
+        task = rig.add(n=1)
+        deadline = time.monotonic() + 60
+        while rig.get(task.id).status is not TaskStatus.SUCCEEDED:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        rig.worker.stop()
+        thread.join(60)

@@ -316,6 +316,9 @@ class Worker:
             if task.id in self._cancel_requested:
                 self._finish(task, TaskStatus.CANCELED)
                 continue
+            if engine.capabilities.progress:
+                # Every step done: what a client sees while the images are post-processed.
+                self.queue.set_progress(task.id, self.worker_id, task.attempts, task.params.steps)
             generated.append(Generated(task, spec, mine, started, done))
         return generated
 
