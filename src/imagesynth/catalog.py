@@ -19,11 +19,16 @@ from typing import Any
 
 from imagesynth.domain import (
     BACKENDS,
+    CACHES,
     FAMILIES,
+    OFFLOADS,
     SEED_MAX,
     Backend,
+    Cache,
     Family,
     GenerationParams,
+    Offload,
+    SchedulerValue,
     parse_size,
 )
 from imagesynth.errors import ImageSynthError, InvalidParameter, ModelNotFound
@@ -50,6 +55,48 @@ STYLES = (
     "<chinese painting>",
     "<flat illustration>",
 )
+
+
+# The attention backends of diffusers 0.42 (diffusers.models.attention_dispatch.
+# AttentionBackendName; a test keeps the two equal), and "default": the process's own. Listed
+# here because the catalog is read where diffusers is never imported (the API process).
+ATTENTION_BACKENDS = (
+    "default",
+    "native",
+    "_native_cudnn",
+    "_native_efficient",
+    "_native_flash",
+    "_native_math",
+    "_native_npu",
+    "_native_xla",
+    "flex",
+    "flash",
+    "flash_hub",
+    "flash_varlen",
+    "flash_varlen_hub",
+    "flash_4_hub",
+    "_flash_3",
+    "_flash_varlen_3",
+    "_flash_3_hub",
+    "_flash_3_varlen_hub",
+    "aiter_fa2_hub",
+    "sage",
+    "sage_hub",
+    "sage_blackwell_hub",
+    "sage_varlen",
+    "_sage_qk_int8_pv_fp8_cuda",
+    "_sage_qk_int8_pv_fp8_cuda_sm90",
+    "_sage_qk_int8_pv_fp16_cuda",
+    "_sage_qk_int8_pv_fp16_triton",
+    "xformers",
+)
+# The families whose denoiser takes each lever (docs/gpu-levers.md): a UNet's attention does not
+# go through diffusers' attention dispatcher, and only some transformers have cache support.
+ATTENTION_FAMILIES: tuple[Family, ...] = ("qwen-image", "wan", "z-image")
+CACHE_FAMILIES: tuple[Family, ...] = ("qwen-image", "wan")
+# TOML has no null: a scheduler setting written "none" is None (e.g. shift_terminal).
+SCHEDULER_NONE = "none"
+SchedulerSettings = tuple[tuple[str, SchedulerValue], ...]
 
 
 class CatalogError(ImageSynthError):
@@ -119,6 +166,20 @@ class ModelSpec:
     ip_adapter_weight_name: str | None = None
     ip_adapter_image_encoder: str = "image_encoder"
     styles: bool = False  # takes parameters.style (from the catalog's [styles] table)
+    # Speed levers for real GPUs, applied once when the worker loads the model
+    # (docs/gpu-levers.md); the defaults change nothing.
+    compile: bool = False  # torch.compile the denoiser's repeated blocks
+    # A step-distilled LoRA (an absolute .safetensors path) fused into the weights at load,
+    # e.g. Qwen-Image-Lightning; set steps and guidance to what it was distilled for.
+    distill_lora: str | None = None
+    distill_lora_scale: float = 1.0
+    # Settings that replace the scheduler's own (a TOML table; "none" stands for None), e.g.
+    # the ones the distilled LoRA wants. Kept as (name, value) pairs, so the spec stays hashable.
+    scheduler: SchedulerSettings = ()
+    offload: Offload = "none"  # "model" | "sequential": CPU offload for GPUs too small
+    attention: str = "default"  # one of ATTENTION_BACKENDS, for families in ATTENTION_FAMILIES
+    cache: Cache = "none"  # "first-block", for families in CACHE_FAMILIES
+    cache_threshold: float = 0.05  # First Block Cache's: higher skips more steps' blocks
     watermark_text: str = ""  # the visible mark; empty: "Qwen-Image" for Qwen, else "AI生成"
     # Limits and billing (spec §3-4); an API key can override rps, in_flight and free_quota.
     rps: float = 2.0  # task submissions per second per key
@@ -319,10 +380,13 @@ def _has_type(value: object, annotation: object) -> bool:
         "Backend": (str,),
         "tuple[str, ...]": (tuple,),
         "Mapping[str, Style]": (dict,),
+        "Offload": (str,),
+        "Cache": (str,),
+        "SchedulerSettings": (tuple,),  # checked by _scheduler_settings
     }[str(annotation)]
     if isinstance(value, bool) and bool not in expected:
         return False
-    if isinstance(value, tuple):
+    if isinstance(value, tuple) and str(annotation) == "tuple[str, ...]":
         return all(isinstance(v, str) for v in value)
     return isinstance(value, expected)
 
@@ -396,6 +460,60 @@ def _check_image_adapters(spec: ModelSpec, entry: Mapping[str, Any], where: str)
         raise CatalogError(f"{where}: style LoRAs are for family stable-diffusion only")
 
 
+def _scheduler_settings(raw: object, where: str) -> SchedulerSettings:
+    """A [scheduler] table as (name, value) pairs in name order (one spec per set of settings,
+    however the file orders them)."""
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: scheduler must be a table of scheduler settings")
+    settings: list[tuple[str, SchedulerValue]] = []
+    for key, value in sorted(raw.items()):
+        if not isinstance(value, str | int | float | bool):
+            raise CatalogError(
+                f"{where}: scheduler.{key} must be a string, number or boolean "
+                f'("{SCHEDULER_NONE}" for None)'
+            )
+        settings.append((key, None if value == SCHEDULER_NONE else value))
+    return tuple(settings)
+
+
+def _check_levers(spec: ModelSpec, entry: Mapping[str, Any], where: str) -> None:
+    """The model's speed levers have known values, fit together and fit its family and device."""
+    if spec.distill_lora is not None and not (
+        spec.distill_lora.endswith(".safetensors") and Path(spec.distill_lora).is_absolute()
+    ):
+        raise CatalogError(f"{where}: distill_lora must be an absolute path to a .safetensors file")
+    if "distill_lora_scale" in entry and spec.distill_lora is None:
+        raise CatalogError(f"{where}: distill_lora_scale needs distill_lora")
+    if spec.offload not in OFFLOADS:
+        raise CatalogError(f"{where}: offload must be one of {', '.join(OFFLOADS)}")
+    if spec.offload != "none" and spec.device == "cpu":
+        raise CatalogError(
+            f'{where}: offload = "{spec.offload}" needs an accelerator to offload onto, '
+            'not device = "cpu"'
+        )
+    if spec.attention not in ATTENTION_BACKENDS:
+        raise CatalogError(
+            f"{where}: attention must be one of {', '.join(ATTENTION_BACKENDS)}; "
+            f"got {spec.attention!r}"
+        )
+    if spec.attention != "default" and spec.family not in ATTENTION_FAMILIES:
+        raise CatalogError(
+            f"{where}: attention is for families {', '.join(ATTENTION_FAMILIES)}: "
+            f"the {spec.family} denoiser's attention does not go through diffusers' dispatcher"
+        )
+    if spec.cache not in CACHES:
+        raise CatalogError(f"{where}: cache must be one of {', '.join(CACHES)}")
+    if spec.cache != "none" and spec.family not in CACHE_FAMILIES:
+        raise CatalogError(
+            f'{where}: cache = "{spec.cache}" is for families {", ".join(CACHE_FAMILIES)}: '
+            f"the {spec.family} denoiser has no cache support in diffusers"
+        )
+    if "cache_threshold" in entry and spec.cache == "none":
+        raise CatalogError(f"{where}: cache_threshold needs cache")
+    if spec.cache_threshold <= 0:
+        raise CatalogError(f"{where}: cache_threshold must be > 0")
+
+
 def _parse_models(
     raw: dict[str, Any], source: str, styles: Mapping[str, Style]
 ) -> dict[str, ModelSpec]:
@@ -430,6 +548,10 @@ def _parse_models(
                 f"{source}: model {name}: endpoints must be a non-empty list of {ENDPOINTS}"
             )
         values["endpoints"] = tuple(endpoints)
+        if "scheduler" in values:
+            values["scheduler"] = _scheduler_settings(
+                values["scheduler"], f"{source}: model {name}"
+            )
         for f in fields(ModelSpec):
             if f.name in values and not _has_type(values[f.name], f.type):
                 raise CatalogError(f"{source}: model {name}: {f.name} must be {f.type}")
@@ -453,6 +575,7 @@ def _parse_models(
                 f"{source}: model {name}: need rps > 0, in_flight >= 1, price >= 0, free_quota >= 0"
             )
         _check_image_adapters(spec, entry, f"{source}: model {name}")
+        _check_levers(spec, entry, f"{source}: model {name}")
         models[name] = spec
     if not models:
         raise CatalogError(f"{source}: no models defined")

@@ -19,6 +19,16 @@ FAMILIES: tuple[Family, ...] = ("qwen-image", "wan", "stable-diffusion", "z-imag
 Backend = Literal["diffusers"]
 BACKENDS: tuple[Backend, ...] = ("diffusers",)
 
+# GPU speed levers a catalog entry can pull, applied by the engine at load (docs/gpu-levers.md).
+# offload: where the weights live between uses; "none" keeps the whole pipeline on the device.
+Offload = Literal["none", "model", "sequential"]
+OFFLOADS: tuple[Offload, ...] = ("none", "model", "sequential")
+# cache: reuse of the denoiser's work between steps; "first-block" is diffusers' First Block Cache.
+Cache = Literal["none", "first-block"]
+CACHES: tuple[Cache, ...] = ("none", "first-block")
+# A scheduler setting as the catalog gives it; None is TOML's missing null (written "none").
+SchedulerValue = str | int | float | bool | None
+
 SEED_MAX = 2_147_483_647
 
 

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from imagesynth.domain import Backend, Family
+from imagesynth.domain import Backend, Cache, Family, Offload, SchedulerValue
 
 # Called after each denoising step with (steps_done, steps_total). It may raise to abort the
 # call; the adapter lets the exception propagate and stays usable for the next call.
@@ -47,6 +47,34 @@ class LoraWeights:
 
 
 @dataclass(frozen=True)
+class Levers:
+    """Speed levers for real GPUs, applied once at load (docs/gpu-levers.md). The defaults
+    change nothing.
+
+    compile: torch.compile the denoiser's repeated blocks (regional compilation).
+    distill_lora: a step-distilled LoRA (a .safetensors file on this machine), fused into the
+    weights at distill_lora_scale, so that every call runs distilled.
+    scheduler: (setting, value) pairs that replace the pipeline scheduler's own settings, e.g.
+    the ones a distilled LoRA was trained with.
+    offload: "model" or "sequential": diffusers' CPU offload onto the spec's accelerator
+    instead of moving the whole pipeline there (for GPUs too small to hold it).
+    attention: a diffusers attention backend for the denoiser ("flash", "sage", ...), or
+    "default" for the process's own.
+    cache: "first-block": diffusers' First Block Cache on the denoiser, which skips the other
+    blocks of a step when the first block's output changed less than cache_threshold.
+    """
+
+    compile: bool = False
+    distill_lora: str | None = None
+    distill_lora_scale: float = 1.0
+    scheduler: tuple[tuple[str, SchedulerValue], ...] = ()
+    offload: Offload = "none"
+    attention: str = "default"
+    cache: Cache = "none"
+    cache_threshold: float = 0.05
+
+
+@dataclass(frozen=True)
 class EngineSpec:
     """Where a pipeline's weights are and how to run them.
 
@@ -56,6 +84,7 @@ class EngineSpec:
     "float16" or "bfloat16".
     ip_adapter: an image-prompt adapter loaded beside the pipeline (Stable Diffusion only).
     loras: LoRAs loaded once beside the pipeline, each used only by the calls that name it.
+    levers: speed levers applied at load.
     """
 
     family: Family
@@ -65,6 +94,7 @@ class EngineSpec:
     dtype: str = "auto"
     ip_adapter: IPAdapterWeights | None = None
     loras: tuple[LoraWeights, ...] = ()
+    levers: Levers = Levers()
 
 
 @dataclass(frozen=True)

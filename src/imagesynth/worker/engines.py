@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from imagesynth.catalog import DEMO_WEIGHTS, ModelSpec
-from imagesynth.engine.base import Engine, EngineSpec, IPAdapterWeights, LoraWeights
+from imagesynth.engine.base import Engine, EngineSpec, IPAdapterWeights, Levers, LoraWeights
 from imagesynth.engine.diffusers.demo import (
     IP_ADAPTER_IMAGE_ENCODER,
     IP_ADAPTER_SUBFOLDER,
@@ -59,6 +59,16 @@ def engine_spec(spec: ModelSpec, demo_root: Path) -> EngineSpec:
         dtype=spec.dtype,
         ip_adapter=ip_adapter,
         loras=loras,
+        levers=Levers(
+            compile=spec.compile,
+            distill_lora=spec.distill_lora,
+            distill_lora_scale=spec.distill_lora_scale,
+            scheduler=spec.scheduler,
+            offload=spec.offload,
+            attention=spec.attention,
+            cache=spec.cache,
+            cache_threshold=spec.cache_threshold,
+        ),
     )
 
 

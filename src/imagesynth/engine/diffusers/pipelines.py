@@ -11,6 +11,7 @@ from typing import Any
 from PIL import Image
 
 from imagesynth.engine.base import EngineSpec, GenerationBatch, StepCallback
+from imagesynth.engine.diffusers.levers import apply_levers, check_offload
 
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -36,13 +37,16 @@ def resolve_dtype(dtype: str, device: str, cuda_auto: str = "bfloat16") -> Any:
 
 
 def load_pipeline(pipeline_cls: Any, spec: EngineSpec, cuda_auto: str, **kwargs: Any) -> Any:
-    """`pipeline_cls.from_pretrained` on the spec's device and dtype, with quiet logs.
+    """`pipeline_cls.from_pretrained` on the spec's device and dtype, with quiet logs and the
+    spec's speed levers applied (engine/diffusers/levers.py).
 
     A weights value naming an existing folder is loaded from that folder by absolute path with
     the hub off; anything else is a hub id and may download.
     """
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device, cuda_auto)
+    # Before the weights load: an offload that cannot work should not wait for 40 GB to read.
+    check_offload(spec.levers.offload, device)
     quiet_logs()
     local = Path(spec.weights).expanduser()
     if local.is_dir():
@@ -55,7 +59,7 @@ def load_pipeline(pipeline_cls: Any, spec: EngineSpec, cuda_auto: str, **kwargs:
     else:
         pipe = pipeline_cls.from_pretrained(spec.weights, dtype=dtype, **kwargs)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return apply_levers(pipe, spec.levers, device)
 
 
 def quiet_logs() -> None:
