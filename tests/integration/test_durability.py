@@ -143,3 +143,42 @@ def test_serve_stopped_mid_task_hands_it_back(
     assert done["output"]["task_status"] == "SUCCEEDED"
     # A handed-back attempt does not count against the task.
     assert task_row(server.home, task_id)["attempts"] == 1
+
+
+# Four big images: their labels, invisible watermark and PNG take the worker a while after the
+# engine returns, long enough to be killed in the middle of it.
+POST_PROCESSED: dict[str, Any] = {
+    "model": "wanx2.1-t2i-turbo",
+    "input": {"prompt": "four big ones"},
+    "parameters": {"n": 4, "size": "1440*1440", "steps": 2, "seed": 1, "watermark": True},
+}
+
+
+def generated_not_finished(reply: dict[str, Any]) -> bool:
+    """Every step done, still RUNNING: its images are being post-processed."""
+    out = reply["output"]
+    progress = out.get("task_progress", {})
+    return out["task_status"] == "RUNNING" and progress.get("step") == progress.get("steps")
+
+
+def test_worker_killed_during_post_processing_task_succeeds_exactly_once(
+    start: Launcher,
+    make_home: Callable[..., Home],
+    start_service: Callable[..., InProcessService],
+) -> None:
+    home = make_home()
+    server = start_service(settings=home.settings, workers=0)
+    first = start.worker(home)
+    task_id = server.submit(POST_PROCESSED)
+    server.wait(task_id, until=generated_not_finished, timeout=120)
+    first.kill()
+    assert server.query(task_id)["output"]["task_status"] == "RUNNING"
+
+    server.start_worker()
+    done = server.wait(task_id, timeout=180)
+    assert done["output"]["task_status"] == "SUCCEEDED", done
+    assert [r["url"].rsplit("/", 2)[-2] for r in done["output"]["results"]] == ["2"] * 4
+    assert task_row(home, task_id)["attempts"] == 2
+    assert attempt_dirs(home.path, task_id) == ["2"]  # what attempt 1 stored is gone
+    (usage,) = home.usage(model=POST_PROCESSED["model"])
+    assert (usage["calls"], usage["succeeded"], usage["images"]) == (1, 1, 4), usage
