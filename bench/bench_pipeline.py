@@ -51,7 +51,17 @@ PG_DSN = os.environ.get(
 )
 
 
+def batching_known() -> bool:
+    """Whether the code under test has catalog batching (older checkouts do not)."""
+    import dataclasses
+
+    from imagesynth.catalog import ModelSpec
+
+    return "max_batch" in {f.name for f in dataclasses.fields(ModelSpec)}
+
+
 def catalog_toml(weights: Path, max_batch: int) -> str:
+    batching = f"max_batch = {max_batch}" if batching_known() else ""
     return f"""
 [models.{MODEL}]
 family = "stable-diffusion"
@@ -65,7 +75,7 @@ sync = true
 prompt_extend_default = false
 rps = 10000
 in_flight = 100
-max_batch = {max_batch}
+{batching}
 """
 
 
@@ -126,7 +136,9 @@ class Service:
         return time.perf_counter() - started
 
     def client(self) -> httpx.Client:
-        return httpx.Client(headers={"Authorization": f"Bearer {self.key}"}, timeout=300)
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=300
+        )
 
     def close(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -169,7 +181,7 @@ def bench_service(tmp: Path, weights: Path, requests: int) -> None:
         },
     }
     for n, (label, env) in enumerate(configs.items()):
-        for max_batch in (1, 4):
+        for max_batch in (1, 4) if batching_known() else (1,):
             catalog = tmp / f"catalog-{n}-{max_batch}.toml"
             catalog.write_text(catalog_toml(weights, max_batch))
             svc = Service(tmp / f"home-{n}-{max_batch}", catalog, env)
@@ -338,6 +350,56 @@ def bench_wake_up(tmp: Path, label: str, url: str, count: int = 20) -> None:
     )
 
 
+def count_statements(tmp: Path) -> None:
+    """SQL statements per task on SQLite (BEGIN and COMMIT count): submit, claim, a progress
+    write, finish; the key has a free quota, as new keys do, and then none."""
+    from imagesynth.accounts.models import TaskTerms
+    from imagesynth.catalog import Catalog
+    from imagesynth.db import SqlStores
+    from imagesynth.domain import TaskStatus
+    from imagesynth.tasks.models import ImageResult
+
+    stores = SqlStores.open(f"sqlite:///{tmp / 'count.db'}")
+    spec = Catalog.load().get("wan2.2-t2i-flash")
+    counted: list[str] = []
+    stores.db.connection().set_trace_callback(counted.append)
+
+    def count(step: Callable[[], Any]) -> tuple[int, Any]:
+        counted.clear()
+        result = step()
+        return len(counted), result
+
+    for label, terms in (
+        ("free quota left", TaskTerms(free_quota=100, free_until=time.time() + 3600)),
+        ("no free quota", TaskTerms()),
+    ):
+        params = spec.validate(prompt="a benchmark", size="512*512", n=1, seed=1)
+        submit, task = count(
+            lambda params=params, terms=terms: stores.tasks.insert_task(
+                task_id=str(uuid.uuid4()),
+                api_key_id="count",
+                model=spec.name,
+                params=params,
+                request_id="bench",
+                workspace=None,
+                max_attempts=3,
+                terms=terms,
+            )
+        )
+        claim, claimed = count(lambda: stores.queue.claim("w", [spec.name], 30))
+        progress, _ = count(lambda task=task: stores.queue.set_progress(task.id, "w", 1, 1))
+        finish, _ = count(
+            lambda task=task, attempt=claimed.attempts: stores.queue.finish(
+                task.id, "w", attempt, TaskStatus.SUCCEEDED, [ImageResult("k")]
+            )
+        )
+        print(
+            f"SQL statements per task on SQLite ({label}): submit {submit}, claim {claim}, "
+            f"progress write {progress}, finish {finish}"
+        )
+    stores.close()
+
+
 def postgres_url() -> str | None:
     """A fresh schema on the PostgreSQL server, or None if none answers."""
     try:
@@ -372,6 +434,7 @@ def main() -> None:
                 capture_output=True,
             )
             bench_service(tmp, tmp / "demo" / "stable-diffusion", args.requests)
+        count_statements(tmp)
         bench_busy_fraction(tmp, args.requests, args.sleep)
         bench_wake_up(tmp, "SQLite", f"sqlite:///{tmp / 'wake.db'}")
         url = postgres_url()

@@ -136,6 +136,7 @@ class Runtime:
             self.rewriter,
             lease_seconds=lease,
             poll_seconds=s.worker_poll_seconds,
+            events=self.stores.events,
         )
 
     # -- the API --------------------------------------------------------------------------

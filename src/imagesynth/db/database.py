@@ -185,20 +185,22 @@ class Database:
         for topic, key in pending:
             self.events.publish(topic, key)
 
-    def notify(self, topic: str, key: str) -> None:
-        """Announce an event (tasks/events.py) once the current transaction commits, or now
-        outside one."""
+    def notify(self, *events: tuple[str, str]) -> None:
+        """Announce events, (topic, key) each (tasks/events.py), once the current transaction
+        commits, or now outside one. PostgreSQL: one statement for all of them."""
+        if not events:
+            return
         if self.dialect.name == "postgresql":
-            self.execute(
-                "SELECT pg_notify(:channel, :payload)",
-                {"channel": PG_CHANNEL, "payload": f"{topic}:{key}"},
-            )
+            calls = ", ".join(f"pg_notify(:channel, :p{i})" for i in range(len(events)))
+            payloads = {f"p{i}": f"{topic}:{key}" for i, (topic, key) in enumerate(events)}
+            self.execute(f"SELECT {calls}", {"channel": PG_CHANNEL, **payloads})
             return
         pending = getattr(self._local, "pending", None)
-        if pending is None:
-            self.events.publish(topic, key)
-        else:
-            pending.append((topic, key))
+        for topic, key in events:
+            if pending is None:
+                self.events.publish(topic, key)
+            else:
+                pending.append((topic, key))
 
     def lock(self, statement: str, **params: Any) -> None:
         """Take one of the dialect's transaction locks (nothing to do where it has none)."""

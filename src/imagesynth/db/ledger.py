@@ -19,9 +19,11 @@ def record_finished(db: Database, rows: Sequence[Any], images: int = 0) -> None:
     are used first while they are valid, the rest are charged at the task's price."""
     for row in rows:
         free = 0
-        if images:
+        terms = TaskTerms(free_quota=row["free_quota"], free_until=row["free_until"])
+        # Free images used so far matter only while some are left: past the free period (or
+        # without one) the key's lock and the sum are two statements saved per task.
+        if images and terms.free_left(0, now=row["finished_at"]) > 0:
             db.lock_key(row["api_key_id"])
-            terms = TaskTerms(free_quota=row["free_quota"], free_until=row["free_until"])
             used = free_images_used(db, row["api_key_id"], row["model"])
             free = min(images, terms.free_left(used, now=row["finished_at"]))
         db.execute(

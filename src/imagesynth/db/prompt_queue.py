@@ -38,5 +38,5 @@ class SqlPromptQueue:
         ).fetchall()  # all: an unfinished SQLite statement would hold its write lock
         if not rows:
             return False
-        self.db.notify(CLAIMABLE, rows[0]["model"])
+        self.db.notify((CLAIMABLE, rows[0]["model"]))
         return True

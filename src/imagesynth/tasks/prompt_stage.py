@@ -17,7 +17,7 @@ import threading
 from imagesynth.catalog import Catalog
 from imagesynth.prompts.rewriter import PromptRewriter
 from imagesynth.tasks.models import Task
-from imagesynth.tasks.ports import PromptQueue
+from imagesynth.tasks.ports import PromptQueue, TaskEvents
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,19 @@ class PromptStage:
         lease_seconds: float,
         poll_seconds: float,
         concurrency: int = 4,
+        events: TaskEvents | None = None,
     ) -> None:
+        """events: wake-ups when a task starts waiting for its rewrite (without: polling
+        every `poll_seconds`)."""
         self.queue = queue
         self.catalog = catalog
         self.rewriter = rewriter
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.concurrency = concurrency
+        self.events = events
+        self._wake = threading.Condition()
+        self._waiting = 0  # rewrites announced and not yet looked for
 
     def start(self, stop: threading.Event) -> list[threading.Thread]:
         # A local LM loads here, before the first task, or that task's rewrite would spend
@@ -58,14 +64,30 @@ class PromptStage:
         return threads
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                busy = self.run_one()
-            except Exception:
-                log.exception("prompt stage failed; retrying")
-                busy = False
-            if not busy:
-                stop.wait(self.poll_seconds)
+        unsubscribe = self.events.on_rewrite(self._announced) if self.events else lambda: None
+        try:
+            while not stop.is_set():
+                try:
+                    busy = self.run_one()
+                except Exception:
+                    log.exception("prompt stage failed; retrying")
+                    busy = False
+                if not busy:
+                    self._sleep(stop)
+        finally:
+            unsubscribe()
+
+    def _announced(self, model: str) -> None:
+        with self._wake:
+            self._waiting += 1
+            self._wake.notify()
+
+    def _sleep(self, stop: threading.Event) -> None:
+        """Until a rewrite is announced, or the poll interval (the fallback) has passed."""
+        with self._wake:
+            if self._waiting == 0:
+                self._wake.wait(self.poll_seconds)
+            self._waiting = max(0, self._waiting - 1)
 
     def run_one(self) -> bool:
         """Rewrite one waiting task's prompt; False when none was waiting."""
