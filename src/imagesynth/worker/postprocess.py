@@ -11,8 +11,10 @@ before it claims more work (docs/task-queue.md#the-pipelined-worker).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -65,7 +67,9 @@ class PostProcessing:
 
     def __init__(self, steps: Steps, threads: int, capacity: int) -> None:
         self.steps = steps
-        self._pool = ThreadPoolExecutor(max(threads, 1), thread_name_prefix="postprocess")
+        self._pool = ThreadPoolExecutor(
+            max(threads, 1), thread_name_prefix="postprocess", initializer=_yield_to_the_engine
+        )
         self._room = threading.Semaphore(max(capacity, 1))
 
     def wait_for_room(self, stop: threading.Event, poll: float = 0.1) -> bool:
@@ -85,6 +89,17 @@ class PostProcessing:
         """Wait for every task inside to conclude (each sees the worker stopping and hands its
         task back rather than storing more)."""
         self._pool.shutdown(wait=True)
+
+
+# The pool's threads' niceness: above the engine's, so that where the engine computes on the
+# CPU the kernel runs its threads first and post-processing takes the time they leave idle.
+POOL_NICENESS = 10
+
+
+def _yield_to_the_engine() -> None:
+    """Lower this pool thread's scheduling priority (Linux: per thread; elsewhere a no-op)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), POOL_NICENESS)
 
 
 def process_inline(generated: Generated, steps: Steps) -> None:
