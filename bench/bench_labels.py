@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/bench_labels.py [--size 1024*1024] [--repeat 5]
 
-Medians over `repeat` runs on a smooth photo-like image and on noise (the demo weights' output).
+Medians over `repeat` runs on a smooth photo-like image and on noise (the demo weights' output),
+then PNG's compression levels side by side (time and size), which chose storage/png.py's level.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import time
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from PIL import Image, ImageFilter
 from imagesynth.domain import parse_size
 from imagesynth.labels import invisible, visible
 from imagesynth.labels.aigc import ImageLabel
-from imagesynth.storage.png import encode_png
+from imagesynth.storage.png import COMPRESS_LEVEL, encode_png
 
 
 def photo_like(width: int, height: int) -> Image.Image:
@@ -56,6 +58,19 @@ def main() -> None:
         print(f"{name} {width}x{height}:")
         for step, ms in measure(make(width, height), label, args.repeat).items():
             print(f"  {step:<22} {ms:7.1f} ms")
+    print(f"PNG compression levels (in use: {COMPRESS_LEVEL}):")
+    for name, make in (("photo-like", photo_like), ("noise", noise)):
+        image = make(width, height)
+        for level in (0, 1, 3, 6, 9):
+
+            def encode(level: int = level, image: Image.Image = image) -> int:
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG", compress_level=level)
+                return buffer.tell()
+
+            size = encode()
+            ms = median_ms(encode, args.repeat)
+            print(f"  {name:<10} level {level}: {ms:7.1f} ms  {size / 1e6:6.2f} MB")
 
 
 def measure(image: Image.Image, label: ImageLabel, repeat: int) -> dict[str, float]:

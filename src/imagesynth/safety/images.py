@@ -221,7 +221,7 @@ class NudeNetClassifier(_Lazy):
 
         detector = NudeDetector()
         model = Path(nudenet.nudenet.__file__).parent / "320n.onnx"
-        detector.onnx_session = _beside_the_engine(str(model))
+        detector.onnx_session = _beside_the_engine(nudenet.nudenet.onnxruntime, str(model))
         shape = detector.onnx_session.get_outputs()[0].shape  # [batch, 4 + classes, boxes]
         if len(shape) != 3 or shape[1] != 4 + len(NUDENET_LABELS):
             raise ImageSafetyUnavailable(f"unexpected NudeNet model output shape {shape}")
@@ -241,14 +241,14 @@ class NudeNetClassifier(_Lazy):
         return self._verdict(float(scores[row, col]), label)
 
 
-def _beside_the_engine(model_path: str) -> Any:
+def _beside_the_engine(onnxruntime: Any, model_path: str) -> Any:
     """An onnxruntime session that shares the CPUs with a running pipeline: one thread, which
     sleeps when idle. By default onnxruntime takes a thread per core and keeps them spinning
     after each run, which on a small machine slows the next denoising step more than the
     check itself takes (bench/bench_pipeline.py: 256*256, sequential). The worker checks
-    several images at once on its post-processing pool instead."""
-    import onnxruntime
-
+    several images at once on its post-processing pool instead. `onnxruntime` is the module
+    (nudenet's own import of it: the API's import contract keeps onnxruntime out of the API
+    process, and this module is imported there)."""
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
