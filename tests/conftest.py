@@ -8,8 +8,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.s3_server import S3Server
 
 PG_DSN_ENV = "IMAGESYNTH_TEST_POSTGRES_DSN"
 
@@ -65,3 +69,26 @@ def postgres_url() -> Iterator[str]:
     """fresh_postgres_schema() for one test."""
     with fresh_postgres_schema() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (`weed mini`, tests/s3_server.py) for the session; skips the tests
+    that need it, saying why, where it cannot start."""
+    from tests.s3_server import weed_mini
+
+    try:
+        with weed_mini(tmp_path_factory.mktemp("s3")) as server:
+            yield server
+    except RuntimeError as exc:
+        pytest.skip(f"no S3 server for the tests: {exc}")
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """s3_server, with the standard AWS_* variables (which boto3 reads) pointing at it."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    return s3_server

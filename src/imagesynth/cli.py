@@ -29,7 +29,13 @@ log = logging.getLogger("imagesynth")
 def _runtime() -> Runtime:
     settings = Settings()
     configure_logging(settings.log_level)
-    return Runtime.open(settings)
+    from imagesynth.errors import StorageUnavailable
+
+    try:
+        return Runtime.open(settings)
+    except StorageUnavailable as exc:  # a wrong bucket or endpoint: one line, no traceback
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(1) from None
 
 
 def _first_key_banner(secret: str, base: str) -> str:

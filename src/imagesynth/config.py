@@ -36,6 +36,18 @@ class Settings(BaseSettings):
         default=None, description="HMAC key for signed URLs; default a random key in home/secret."
     )
     url_ttl_seconds: int = Field(default=86_400, ge=1)
+    storage_url: str | None = Field(
+        default=None,
+        description="Where result images and uploads live: s3://bucket/prefix (an "
+        "S3-compatible bucket, reached with the standard AWS_* settings); default the local "
+        "disk under home/files.",
+    )
+    s3_urls: Literal["presigned", "proxy"] = Field(
+        default="presigned",
+        description="How clients download from an S3 store: presigned (URLs of the bucket, "
+        "valid for url_ttl_seconds but at most 7 days) or proxy (the API's own signed /files/ "
+        "URLs, served through the API).",
+    )
     retention_seconds: int = Field(default=86_400, ge=1)
     lease_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)

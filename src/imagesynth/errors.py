@@ -105,6 +105,10 @@ class ObjectExists(ImageSynthError):
     """The object already exists and the upload forbids overwriting it."""
 
 
+class StorageUnavailable(ImageSynthError):
+    """The blob store (IMAGESYNTH_STORAGE_URL) is misconfigured or cannot be reached."""
+
+
 class Throttled(ImageSynthError):
     """Requests throttling triggered."""
 

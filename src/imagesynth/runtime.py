@@ -34,6 +34,7 @@ from imagesynth.prompts.rewriter import PromptRewriter
 from imagesynth.safety.guard import Guard
 from imagesynth.safety.guard_factory import build_guard, guard_kind, guard_runs_at_submit
 from imagesynth.safety.terms import TermFilter, build_term_filter
+from imagesynth.storage.blobs import BlobStore
 from imagesynth.storage.local import LocalBlobStore
 from imagesynth.storage.signing import UrlSigner, load_or_create_secret
 from imagesynth.tasks.maintenance import Maintenance
@@ -49,7 +50,7 @@ class Runtime:
     settings: Settings
     stores: SqlStores
     catalog: Catalog
-    blobs: LocalBlobStore
+    blobs: BlobStore
     secret: bytes  # signs /files URLs and upload policies (each with a key derived from it)
     signer: UrlSigner
 
@@ -62,11 +63,12 @@ class Runtime:
             else load_or_create_secret(settings.home_dir / "secret")
         )
         signer = UrlSigner(secret, settings.url_ttl_seconds)
+        blobs = open_blobs(settings, signer)  # first: a wrong bucket stops startup at once
         return cls(
             settings=settings,
             stores=SqlStores.open(settings.resolved_database_url),
             catalog=Catalog.load(settings.resolved_catalog),
-            blobs=LocalBlobStore(settings.blobs_dir, signer),
+            blobs=blobs,
             secret=secret,
             signer=signer,
         )
@@ -225,6 +227,23 @@ class Runtime:
             postprocess_threads=s.worker_postprocess_threads,
             postprocess_queue=s.worker_postprocess_queue,
         )
+
+
+def open_blobs(settings: Settings, signer: UrlSigner) -> BlobStore:
+    """The blob store IMAGESYNTH_STORAGE_URL names (the local disk when unset); an S3 bucket
+    is checked once here, so a wrong one stops startup rather than the first task."""
+    if settings.storage_url is None:
+        return LocalBlobStore(settings.blobs_dir, signer)
+    # Imported here: boto3 is loaded only by deployments that store in S3.
+    from imagesynth.storage.s3 import MAX_PRESIGN_SECONDS, S3BlobStore
+
+    if settings.s3_urls == "presigned" and settings.url_ttl_seconds > MAX_PRESIGN_SECONDS:
+        logging.getLogger(__name__).warning(
+            "IMAGESYNTH_URL_TTL_SECONDS=%d is longer than S3 presigned URLs last: result "
+            "links will expire after 7 days (IMAGESYNTH_S3_URLS=proxy keeps the full TTL)",
+            settings.url_ttl_seconds,
+        )
+    return S3BlobStore.open(settings.storage_url, urls=settings.s3_urls, signer=signer)
 
 
 def configure_logging(level: str) -> None:

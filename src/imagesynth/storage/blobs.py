@@ -8,11 +8,26 @@ Nothing outside storage/ sees a filesystem path.
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
+
+# Keys are made by the service, never by clients; the pattern still guards every path or
+# object name built from one, so a forged key can never name a blob outside the store.
+_KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
+# Where the API serves blobs at its own signed URLs (api/routes_files.py).
+FILES_ROUTE = "/files/"
 
 
 class InvalidBlobKey(ValueError):
     """A key that does not name a blob (empty parts, '..', characters outside [A-Za-z0-9_.-])."""
+
+
+def check_key(key: str) -> str:
+    """`key` if it can name a blob, else InvalidBlobKey."""
+    # fullmatch: match() with `$` would also take a trailing newline ('a/b\n').
+    if not _KEY.fullmatch(key) or ".." in key.split("/"):
+        raise InvalidBlobKey(key)
+    return key
 
 
 class BlobStore(Protocol):

@@ -4,19 +4,15 @@ expiring `/files/<key>` URLs that the API serves (api/routes_files.py)."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from imagesynth.storage.blobs import InvalidBlobKey
+from imagesynth.storage.blobs import FILES_ROUTE, InvalidBlobKey, check_key
 from imagesynth.storage.signing import UrlSigner
 
-# Keys are made by the service, never by clients; the pattern still guards every path built
-# from one, so a forged key can never name a file outside the store.
-_KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
-FILES_ROUTE = "/files/"
+__all__ = ["FILES_ROUTE", "LocalBlobStore"]
 
 
 class LocalBlobStore:
@@ -28,10 +24,7 @@ class LocalBlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        # fullmatch: match() with `$` would also take a trailing newline ('a/b\n').
-        if not _KEY.fullmatch(key) or ".." in key.split("/"):
-            raise InvalidBlobKey(key)
-        return self.root / key
+        return self.root / check_key(key)
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
