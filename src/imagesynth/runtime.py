@@ -251,3 +251,7 @@ def configure_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # botocore says at INFO where it found credentials and the endpoint, for every client;
+    # its warnings still show, and IMAGESYNTH_LOG_LEVEL=DEBUG shows it all.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("botocore").setLevel(logging.WARNING)
