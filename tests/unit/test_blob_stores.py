@@ -4,6 +4,7 @@ server checks, proxy URLs, and a clear error for a bucket it cannot use."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +14,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from imagesynth.config import Settings
 from imagesynth.errors import StorageUnavailable
+from imagesynth.runtime import open_blobs
 from imagesynth.storage import s3
 from imagesynth.storage.blobs import BlobStore, InvalidBlobKey
 from imagesynth.storage.local import LocalBlobStore
@@ -197,3 +200,16 @@ def test_wrong_credentials_stop_opening(s3_env: S3Server, monkeypatch: pytest.Mo
 def test_malformed_storage_urls_are_refused(url: str) -> None:
     with pytest.raises(StorageUnavailable, match="IMAGESYNTH_STORAGE_URL"):
         s3.parse_storage_url(url)
+
+
+def test_runtime_opens_the_configured_store(
+    s3_env: S3Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert isinstance(open_blobs(Settings(home=tmp_path, storage_url=None), SIGNER), LocalBlobStore)
+    bucket = s3_env.new_bucket()
+    settings = Settings(home=tmp_path, storage_url=f"s3://{bucket}/p", url_ttl_seconds=8 * 86_400)
+    with caplog.at_level(logging.WARNING):
+        blobs = open_blobs(settings, SIGNER)
+    assert isinstance(blobs, S3BlobStore)
+    assert (blobs.bucket, blobs.prefix, blobs.urls) == (bucket, "p", "presigned")
+    assert "links will expire after 7 days" in caplog.text

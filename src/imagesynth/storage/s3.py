@@ -119,7 +119,9 @@ class S3BlobStore:
         # of racing writers exactly one wins (AWS S3 since 2024, SeaweedFS, MinIO). A server
         # that ignores the header would let the last writer win: use one that honours it.
         name = self._name(key)
-        for _ in range(_CONFLICT_RETRIES):
+        for attempt in range(_CONFLICT_RETRIES):
+            if attempt:
+                time.sleep(0.05 * attempt)  # let the conflicting write finish
             try:
                 self.client.put_object(
                     Bucket=self.bucket,
