@@ -37,6 +37,7 @@ from imagesynth.safety.terms import TermFilter, build_term_filter
 from imagesynth.storage.local import LocalBlobStore
 from imagesynth.storage.signing import UrlSigner, load_or_create_secret
 from imagesynth.tasks.maintenance import Maintenance
+from imagesynth.tasks.metrics import Metrics
 from imagesynth.tasks.prompt_stage import PromptStage
 from imagesynth.tasks.service import TaskService
 
@@ -174,8 +175,22 @@ class Runtime:
             ),
             uploads=UploadSigner(self.secret, s.upload_ttl_seconds, s.fetch_max_bytes),
             admin=self.admin(keys),
+            state=self.stores.workers,
+            metrics=self.api_metrics,
             events=self.stores.events,
         )
+
+    @functools.cached_property
+    def metrics(self) -> Metrics:
+        """The process's registry: `serve`'s API and in-process worker share it."""
+        return Metrics()
+
+    @property
+    def api_metrics(self) -> Metrics:
+        """The registry with what the database holds, read at scrape time (the same window
+        as /ready: one lease)."""
+        self.metrics.watch(self.stores.workers, self.settings.lease_seconds)
+        return self.metrics
 
     def admin(self, keys: KeyService | None = None) -> AdminService:
         s = self.settings
@@ -224,7 +239,18 @@ class Runtime:
             events=self.stores.events,
             postprocess_threads=s.worker_postprocess_threads,
             postprocess_queue=s.worker_postprocess_queue,
+            presence=self.stores.workers,
+            metrics=self.worker_metrics,
         )
+
+    @functools.cached_property
+    def worker_metrics(self) -> Metrics:
+        """The registry with the worker's own collectors, once per process however many
+        workers it runs."""
+        from imagesynth.worker.telemetry import CudaMemory
+
+        self.metrics.add(CudaMemory())
+        return self.metrics
 
 
 def configure_logging(level: str) -> None:
