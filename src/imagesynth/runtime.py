@@ -13,6 +13,7 @@ the port they see (docs/architecture.md). Which process runs what:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from imagesynth.db import SqlStores
 from imagesynth.inputs.fetch import FetchPolicy, parse_networks
 from imagesynth.inputs.reference import ReferenceDecoder
 from imagesynth.inputs.uploads import UploadSigner
+from imagesynth.logs import log_handler
 from imagesynth.prompts.factory import build_rewriter, rewriter_kind
 from imagesynth.prompts.rewriter import PromptRewriter
 from imagesynth.safety.guard import Guard
@@ -218,7 +220,8 @@ class Runtime:
             s.upload_ttl_seconds,
         )
 
-    def worker(self, models: list[str] | None = None) -> Worker:
+    def worker(self, models: list[str] | None = None, device: str | None = None) -> Worker:
+        """A worker on this runtime's stores; `device`, if given, overrides every model's."""
         # Imported here: only worker processes load the engines.
         from imagesynth.labels.labeler import Labeler
         from imagesynth.safety.images import build_image_classifier
@@ -228,7 +231,7 @@ class Runtime:
         return Worker(
             self.stores.queue,
             self.blobs,
-            self.catalog,
+            with_device(self.catalog, device) if device else self.catalog,
             s.resolved_demo_weights_dir,
             lease_seconds=s.lease_seconds,
             poll_seconds=s.worker_poll_seconds,
@@ -253,8 +256,15 @@ class Runtime:
         return self.metrics
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """The root logger at `level`, writing `log_format` lines ("text" or "json") to stderr."""
+    logging.basicConfig(level=level.upper(), handlers=[log_handler(log_format)])
+
+
+def with_device(catalog: Catalog, device: str) -> Catalog:
+    """The catalog with every model's `device` set to `device` (`imagesynth worker --device
+    cuda:1`: one worker process per GPU on one shared catalog file)."""
+    models = {
+        name: dataclasses.replace(spec, device=device) for name, spec in catalog.models.items()
+    }
+    return Catalog(models, catalog.source, catalog.styles, catalog.billing)
