@@ -24,7 +24,7 @@ from imagesynth.accounts.admin import AdminService, load_admin_token
 from imagesynth.accounts.keys import KeyService
 from imagesynth.accounts.limits import Admission, ServiceLimits
 from imagesynth.api.context import Services
-from imagesynth.catalog import Catalog
+from imagesynth.catalog import Catalog, CatalogError
 from imagesynth.config import Settings
 from imagesynth.db import SqlStores
 from imagesynth.inputs.fetch import FetchPolicy, parse_networks
@@ -264,7 +264,13 @@ def configure_logging(level: str, log_format: str = "text") -> None:
 def with_device(catalog: Catalog, device: str) -> Catalog:
     """The catalog with every model's `device` set to `device` (`imagesynth worker --device
     cuda:1`: one worker process per GPU on one shared catalog file)."""
-    models = {
-        name: dataclasses.replace(spec, device=device) for name, spec in catalog.models.items()
-    }
+    # The one catalog rule about devices (catalog.py _check_levers), checked again here: the
+    # override comes after the catalog was validated.
+    offloaded = [name for name, s in catalog.models.items() if s.offload != "none"]
+    if device == "cpu" and offloaded:
+        raise CatalogError(
+            f"--device cpu: {', '.join(offloaded)} offload onto an accelerator; serve the "
+            "others with --model"
+        )
+    models = {name: dataclasses.replace(s, device=device) for name, s in catalog.models.items()}
     return Catalog(models, catalog.source, catalog.styles, catalog.billing)

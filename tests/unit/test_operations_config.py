@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
-from imagesynth.catalog import Catalog
+import pytest
+
+from imagesynth.catalog import Catalog, CatalogError
 from imagesynth.config import Settings
 from imagesynth.runtime import with_device
 
@@ -35,6 +38,17 @@ def test_device_overrides_every_model() -> None:
     name = next(iter(catalog.models))
     assert moved.get(name).weights == catalog.get(name).weights
     assert catalog.get(name).device != "cuda:1"
+
+
+def test_device_cpu_is_refused_for_offloaded_models() -> None:
+    catalog = Catalog.load(Settings().resolved_catalog)
+    name = next(iter(catalog.models))
+    offloaded = Catalog(
+        {name: dataclasses.replace(catalog.get(name), offload="model")}, catalog.source
+    )
+    with pytest.raises(CatalogError, match=name):
+        with_device(offloaded, "cpu")
+    assert with_device(offloaded, "cuda:0").get(name).device == "cuda:0"
 
 
 def run_logging(log_format: str) -> list[str]:
