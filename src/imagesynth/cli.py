@@ -28,7 +28,7 @@ log = logging.getLogger("imagesynth")
 
 def _runtime() -> Runtime:
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     from imagesynth.errors import StorageUnavailable
 
     try:
@@ -140,6 +140,14 @@ def worker(
         list[str] | None,
         typer.Option("--model", "-m", help="Serve only this model (repeatable)."),
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Run every model on this device (cuda:N, cuda, cpu): a worker per GPU."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve this worker's Prometheus metrics on this port (/metrics)."),
+    ] = None,
 ) -> None:
     """Run a worker process on the same state as the service (same IMAGESYNTH_HOME/database)."""
     keep_freed_memory()  # before any thread starts: see worker/memory.py
@@ -151,7 +159,12 @@ def worker(
     log.info(_prompt_stage_line(rt, api=False, worker=True))
     if rt.prompt_stage_runs_here(api=False, worker=True):
         rt.prompt_stage().start(stop)
-    w = rt.worker(models)
+    w = rt.worker(models, device=device)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, registry=w.metrics.registry)
+        log.info("worker metrics on :%d/metrics", metrics_port)
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("signal %d: finishing", signum)

@@ -204,6 +204,11 @@ class Settings(BaseSettings):
         "(nudenet 0.5, opennsfw 0.8).",
     )
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: one readable line per record; json: one JSON object per line "
+        "(time, level, logger, message, exc_info).",
+    )
 
     @property
     def home_dir(self) -> Path:

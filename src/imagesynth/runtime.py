@@ -13,6 +13,7 @@ the port they see (docs/architecture.md). Which process runs what:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -23,12 +24,13 @@ from imagesynth.accounts.admin import AdminService, load_admin_token
 from imagesynth.accounts.keys import KeyService
 from imagesynth.accounts.limits import Admission, ServiceLimits
 from imagesynth.api.context import Services
-from imagesynth.catalog import Catalog
+from imagesynth.catalog import Catalog, CatalogError
 from imagesynth.config import Settings
 from imagesynth.db import SqlStores
 from imagesynth.inputs.fetch import FetchPolicy, parse_networks
 from imagesynth.inputs.reference import ReferenceDecoder
 from imagesynth.inputs.uploads import UploadSigner
+from imagesynth.logs import log_handler
 from imagesynth.prompts.factory import build_rewriter, rewriter_kind
 from imagesynth.prompts.rewriter import PromptRewriter
 from imagesynth.safety.guard import Guard
@@ -38,6 +40,7 @@ from imagesynth.storage.blobs import BlobStore
 from imagesynth.storage.local import LocalBlobStore
 from imagesynth.storage.signing import UrlSigner, load_or_create_secret
 from imagesynth.tasks.maintenance import Maintenance
+from imagesynth.tasks.metrics import Metrics
 from imagesynth.tasks.prompt_stage import PromptStage
 from imagesynth.tasks.service import TaskService
 
@@ -176,8 +179,22 @@ class Runtime:
             ),
             uploads=UploadSigner(self.secret, s.upload_ttl_seconds, s.fetch_max_bytes),
             admin=self.admin(keys),
+            state=self.stores.workers,
+            metrics=self.api_metrics,
             events=self.stores.events,
         )
+
+    @functools.cached_property
+    def metrics(self) -> Metrics:
+        """The process's registry: `serve`'s API and in-process worker share it."""
+        return Metrics()
+
+    @property
+    def api_metrics(self) -> Metrics:
+        """The registry with what the database holds, read at scrape time (the same window
+        as /ready: one lease)."""
+        self.metrics.watch(self.stores.workers, self.settings.lease_seconds)
+        return self.metrics
 
     def admin(self, keys: KeyService | None = None) -> AdminService:
         s = self.settings
@@ -205,7 +222,8 @@ class Runtime:
             s.upload_ttl_seconds,
         )
 
-    def worker(self, models: list[str] | None = None) -> Worker:
+    def worker(self, models: list[str] | None = None, device: str | None = None) -> Worker:
+        """A worker on this runtime's stores; `device`, if given, overrides every model's."""
         # Imported here: only worker processes load the engines.
         from imagesynth.labels.labeler import Labeler
         from imagesynth.safety.images import build_image_classifier
@@ -215,7 +233,7 @@ class Runtime:
         return Worker(
             self.stores.queue,
             self.blobs,
-            self.catalog,
+            with_device(self.catalog, device) if device else self.catalog,
             s.resolved_demo_weights_dir,
             lease_seconds=s.lease_seconds,
             poll_seconds=s.worker_poll_seconds,
@@ -226,7 +244,18 @@ class Runtime:
             events=self.stores.events,
             postprocess_threads=s.worker_postprocess_threads,
             postprocess_queue=s.worker_postprocess_queue,
+            presence=self.stores.workers,
+            metrics=self.worker_metrics,
         )
+
+    @functools.cached_property
+    def worker_metrics(self) -> Metrics:
+        """The registry with the worker's own collectors, once per process however many
+        workers it runs."""
+        from imagesynth.worker.telemetry import CudaMemory
+
+        self.metrics.add(CudaMemory())
+        return self.metrics
 
 
 def open_blobs(settings: Settings, signer: UrlSigner) -> BlobStore:
@@ -246,12 +275,25 @@ def open_blobs(settings: Settings, signer: UrlSigner) -> BlobStore:
     return S3BlobStore.open(settings.storage_url, urls=settings.s3_urls, signer=signer)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """The root logger at `level`, writing `log_format` lines ("text" or "json") to stderr."""
+    logging.basicConfig(level=level.upper(), handlers=[log_handler(log_format)])
     # botocore says at INFO where it found credentials and the endpoint, for every client;
     # its warnings still show, and IMAGESYNTH_LOG_LEVEL=DEBUG shows it all.
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("botocore").setLevel(logging.WARNING)
+
+
+def with_device(catalog: Catalog, device: str) -> Catalog:
+    """The catalog with every model's `device` set to `device` (`imagesynth worker --device
+    cuda:1`: one worker process per GPU on one shared catalog file)."""
+    # The one catalog rule about devices (catalog.py _check_levers), checked again here: the
+    # override comes after the catalog was validated.
+    offloaded = [name for name, s in catalog.models.items() if s.offload != "none"]
+    if device == "cpu" and offloaded:
+        raise CatalogError(
+            f"--device cpu: {', '.join(offloaded)} offload onto an accelerator; serve the "
+            "others with --model"
+        )
+    models = {name: dataclasses.replace(s, device=device) for name, s in catalog.models.items()}
+    return Catalog(models, catalog.source, catalog.styles, catalog.billing)

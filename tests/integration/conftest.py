@@ -343,9 +343,9 @@ class Launcher:
             time.sleep(0.1)
         return Server(home, proc, port, key)
 
-    def worker(self, home: Home) -> Proc:
-        """A separate `imagesynth worker` process on the home's state."""
-        return self._spawn(home, ["worker"], "worker")
+    def worker(self, home: Home, *args: str) -> Proc:
+        """A separate `imagesynth worker ARGS...` process on the home's state."""
+        return self._spawn(home, ["worker", *args], "worker")
 
     def stop_all(self) -> None:
         for proc in self.procs:

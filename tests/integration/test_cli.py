@@ -14,10 +14,12 @@ import httpx
 from dashscope import ImageSynthesis
 from PIL import Image
 
+from imagesynth.runtime import Runtime
 from tests.integration.api_client import ASYNC, SUBMIT_PATH
 from tests.integration.conftest import (
     BIN,
     Home,
+    Launcher,
     clean_environment,
     free_port,
     sdk_at,
@@ -224,3 +226,49 @@ def test_first_start_creates_a_key_and_prints_a_snippet(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_worker_help_lists_the_operations_options() -> None:
+    out = subprocess.run(
+        [str(BIN), "worker", "--help"],
+        env={**clean_environment(), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--device" in out
+    assert "--metrics-port" in out
+
+
+def test_worker_serves_its_metrics_and_joins_the_workers_table(
+    start: Launcher, make_home: Callable[..., Home]
+) -> None:
+    home = make_home()
+    port = free_port()
+    proc = start.worker(home, "--metrics-port", str(port), "--device", "cpu")
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+            if r.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.alive() and time.monotonic() < deadline, proc.output()
+        time.sleep(0.2)
+    assert "imagesynth_pipelines_loaded 0.0" in r.text
+    assert "imagesynth_queue_wait_seconds" in r.text
+    runtime = Runtime.open(home.settings)
+    try:
+        deadline = time.monotonic() + 60
+        while runtime.stores.workers.worker_count(home.settings.lease_seconds) != 1:
+            assert time.monotonic() < deadline, proc.output()
+            time.sleep(0.2)
+    finally:
+        runtime.stores.close()
+    proc.stop()
+    runtime = Runtime.open(home.settings)
+    try:
+        assert runtime.stores.workers.worker_count(3600) == 0  # a clean stop leaves
+    finally:
+        runtime.stores.close()

@@ -13,6 +13,7 @@ from imagesynth.api import (
     routes_admin,
     routes_files,
     routes_multimodal,
+    routes_ops,
     routes_tasks,
     routes_uploads,
 )
@@ -59,5 +60,6 @@ def create_app(
     app.include_router(routes_uploads.router)
     app.include_router(routes_files.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_ops.router)
     openapi.install(app)
     return app

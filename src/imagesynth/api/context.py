@@ -23,8 +23,9 @@ from imagesynth.inputs.fetch import FetchPolicy
 from imagesynth.inputs.uploads import UploadSigner
 from imagesynth.storage.blobs import BlobStore
 from imagesynth.storage.signing import UrlSigner
+from imagesynth.tasks.metrics import Metrics
 from imagesynth.tasks.models import Task
-from imagesynth.tasks.ports import TaskEvents
+from imagesynth.tasks.ports import ServiceState, TaskEvents
 from imagesynth.tasks.service import TaskService
 
 
@@ -39,6 +40,8 @@ class Services:
     fetch_policy: FetchPolicy
     uploads: UploadSigner
     admin: AdminService
+    state: ServiceState  # what /ready and /metrics read from the database
+    metrics: Metrics  # this process's registry (GET /metrics)
     events: TaskEvents | None = None  # wake-ups for synchronous callers (None: they poll)
 
 

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagesynth import errors
 from imagesynth.api import sse
-from imagesynth.api.context import request_id_of
+from imagesynth.api.context import request_id_of, services_of
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ def answer_for(request_id: str, exc: errors.ImageSynthError) -> tuple[int, str, 
 
 
 def error_response(request: Request, status: int, code: str, message: str) -> Response:
+    # Every refusal passes here (domain errors, unrouted paths, bad bodies, unexpected ones).
+    services_of(request).metrics.refused(code)
     if sse.streams(request):
         return sse.error_stream(status, request_id_of(request), code, message)
     return JSONResponse(

@@ -16,6 +16,7 @@ from imagesynth.db.queue import SqlTaskQueue
 from imagesynth.db.rate_buckets import SqlRateBuckets
 from imagesynth.db.schema import init_schema
 from imagesynth.db.tasks import SqlTaskStore
+from imagesynth.db.workers import SqlWorkers
 from imagesynth.tasks.events import EventHub
 
 
@@ -30,6 +31,7 @@ class SqlStores:
     keys: SqlKeyStore
     buckets: SqlRateBuckets
     ledger: SqlLedger
+    workers: SqlWorkers  # the workers table, and what /ready and /metrics read
     listener: PgListener | None  # PostgreSQL's NOTIFY relay, started by the first `events`
 
     @classmethod
@@ -45,6 +47,7 @@ class SqlStores:
             keys=SqlKeyStore(db),
             buckets=SqlRateBuckets(db),
             ledger=SqlLedger(db),
+            workers=SqlWorkers(db),
             listener=(
                 PgListener(db.dialect.dsn, db.events)
                 if isinstance(db.dialect, PostgresDialect)

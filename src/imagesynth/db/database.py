@@ -151,7 +151,9 @@ class Database:
 
     def connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
-        if conn is None:
+        # A PostgreSQL connection that the server (or the network) dropped stays closed:
+        # open a new one, so that the process recovers when the database is back.
+        if conn is None or getattr(conn, "closed", False):
             conn = self.dialect.connect()
             self._local.conn = conn
         return conn

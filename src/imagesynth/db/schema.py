@@ -74,6 +74,11 @@ CREATE TABLE IF NOT EXISTS rate_buckets (
     tokens {real} NOT NULL,
     updated_at {real} NOT NULL
 );
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id TEXT PRIMARY KEY,
+    models TEXT NOT NULL,
+    last_seen {real} NOT NULL
+);
 """
 
 # Columns added after the first release: ALTERed into databases created before them.

@@ -137,3 +137,41 @@ class PromptQueue(Protocol):
     def set_actual_prompt(self, task_id: str, prompt: str, note: str | None) -> bool:
         """Record the prompt the pipeline will get, and let workers take the task."""
         ...
+
+
+class WorkerPresence(Protocol):
+    """What a worker says about itself, so that readiness can tell whether anyone serves a
+    model (the workers table: db/workers.py)."""
+
+    def beat(self, worker_id: str, models: Sequence[str]) -> None:
+        """Record that this worker is alive and serves `models` (last_seen: the database's
+        clock, so several machines agree)."""
+        ...
+
+    def leave(self, worker_id: str) -> None:
+        """Forget this worker: it stopped cleanly."""
+        ...
+
+
+class ServiceState(Protocol):
+    """What /ready and /metrics read from the database at request (scrape) time."""
+
+    def ping(self) -> None:
+        """Raise unless the database answers a trivial query."""
+        ...
+
+    def live_workers(self, window_seconds: float) -> dict[str, int]:
+        """model -> how many workers serving it were seen within the last `window_seconds`."""
+        ...
+
+    def worker_count(self, window_seconds: float) -> int:
+        """How many workers were seen within the last `window_seconds`."""
+        ...
+
+    def task_counts(self) -> dict[tuple[str, str], int]:
+        """(model, status) -> how many tasks the table holds."""
+        ...
+
+    def queue_depths(self) -> dict[str, tuple[int, float]]:
+        """model -> (tasks waiting, seconds the oldest has waited), for models with any."""
+        ...

@@ -84,6 +84,10 @@ class Engines:
         """Use this (loaded) engine for `spec` instead of building one."""
         self._loaded[spec] = engine
 
+    def loaded_count(self) -> int:
+        """How many engines are loaded (imagesynth_pipelines_loaded)."""
+        return len(self._loaded)
+
     def for_model(self, spec: ModelSpec) -> Engine:
         wanted = engine_spec(spec, self.demo_root)
         engine = self._loaded.get(wanted)

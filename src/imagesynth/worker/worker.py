@@ -36,8 +36,9 @@ from imagesynth.safety import audit
 from imagesynth.safety.guard import Guard
 from imagesynth.safety.images import ImageClassifier, NoImageClassifier, Verdict
 from imagesynth.storage.blobs import BlobStore
+from imagesynth.tasks.metrics import Metrics
 from imagesynth.tasks.models import ImageResult, Task
-from imagesynth.tasks.ports import TaskEvents, TaskQueue
+from imagesynth.tasks.ports import TaskEvents, TaskQueue, WorkerPresence
 from imagesynth.worker.engines import Engines
 from imagesynth.worker.postprocess import Generated, PostProcessing, Steps, process_inline
 from imagesynth.worker.references import reference_start, reference_style
@@ -115,12 +116,15 @@ class Worker:
         events: TaskEvents | None = None,
         postprocess_threads: int = 2,
         postprocess_queue: int = 2,
+        presence: WorkerPresence | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """guard: a local guard model asked about each task's prompt before generation (a
         remote one screens at submit instead). events: wake-ups when tasks may be claimable
         (without: polling every `poll_seconds`). postprocess_threads: post-processing jobs at
         once; postprocess_queue: tasks whose images may wait for post-processing (the memory
-        bound)."""
+        bound). presence: where the heartbeat says this worker is alive (/ready reads it);
+        metrics: the process's registry (by default one of its own)."""
         self.queue = queue
         self.blobs = blobs
         self.catalog = catalog
@@ -136,6 +140,9 @@ class Worker:
         self.events = events
         self.postprocess_threads = postprocess_threads
         self.postprocess_queue = postprocess_queue
+        self.presence = presence
+        self.metrics = metrics or Metrics()
+        self.metrics.count_pipelines(self.engines.loaded_count)
         self.calls = 0  # engine calls made (a batch of tasks is one)
         self._cancel_requested: set[str] = set()
         self._stop = threading.Event()
@@ -186,6 +193,7 @@ class Worker:
 
             threading.Thread(target=relay, name="stop-relay", daemon=True).start()
         self.prepare()
+        self._announce()  # ready as soon as the models are servable, not a beat later
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
         unsubscribe = self._subscribe()
@@ -204,6 +212,7 @@ class Worker:
         finally:
             unsubscribe()
             pool.shutdown()  # every task inside concludes: finished, or handed back
+            self._leave()
 
     def _subscribe(self) -> Callable[[], None]:
         if self.events is None:
@@ -260,11 +269,31 @@ class Worker:
             self.heartbeat()
 
     def heartbeat(self) -> None:
-        """Renew this worker's leases and learn which of its tasks were cancelled."""
+        """Renew this worker's leases, learn which of its tasks were cancelled, and say that
+        it is alive."""
         try:
             self._cancel_requested = self.queue.heartbeat(self.worker_id, self.lease_seconds)
         except Exception:
             log.exception("heartbeat failed")
+        self._announce()
+
+    def _announce(self) -> None:
+        # Not once stopping: a late beat would bring back the row that run() removes.
+        if self.presence is None or self._stop.is_set():
+            return
+        try:
+            self.presence.beat(self.worker_id, self.models)
+        except Exception:
+            log.exception("presence heartbeat failed")
+
+    def _leave(self) -> None:
+        if self.presence is None:
+            return
+        try:
+            self.presence.leave(self.worker_id)
+        except Exception:
+            # The row ages out of the readiness window instead.
+            log.exception("could not remove this worker from the workers table")
 
     # -- generation -----------------------------------------------------------------------
 
@@ -275,6 +304,10 @@ class Worker:
         live = []
         for task in tasks:
             log.info("task %s attempt %d: %s started", task.id, task.attempts, task.model)
+            if task.started_at is not None:
+                # Both times are the database's clock.
+                wait = max(task.started_at - task.created_at, 0.0)
+                self.metrics.queue_wait.labels(model=task.model).observe(wait)
             if self._guard_blocks(task):
                 self._finish(
                     task,
@@ -408,6 +441,7 @@ class Worker:
             return
         if self._finish(task, TaskStatus.SUCCEEDED, results=results):
             now = time.monotonic()
+            self._observe(job, now)
             log.info(
                 "task %s succeeded in %.2fs (engine %.2fs, post-processing %.2fs)",
                 task.id,
@@ -415,6 +449,17 @@ class Worker:
                 job.generated - job.started,
                 now - job.generated,
             )
+
+    def _observe(self, job: Generated, now: float) -> None:
+        """A succeeded task's durations (monotonic on this worker; its wait in the queue from
+        the database's clock)."""
+        model, m = job.task.model, self.metrics
+        waited = 0.0
+        if job.task.started_at is not None:
+            waited = max(job.task.started_at - job.task.created_at, 0.0)
+        m.generation.labels(model=model).observe(job.generated - job.started)
+        m.postprocess.labels(model=model).observe(now - job.generated)
+        m.end_to_end.labels(model=model).observe(waited + now - job.started)
 
     def _fail(self, task: Task) -> None:
         self._finish(
@@ -440,6 +485,7 @@ class Worker:
             log.warning("task %s attempt %d lost its lease; discarding", task.id, task.attempts)
             self.blobs.delete_prefix(f"{task.id}/{task.attempts}")
             return False
+        self.metrics.finished.labels(model=task.model, status=str(status)).inc()
         # Ours is the attempt that counts. Earlier ones (a worker that died, or one that
         # stalled past its lease and may still be writing) left files no result points at:
         # delete them now rather than at retention. `<task>/input/` is the task's own.
