@@ -59,8 +59,7 @@ class SqlStores:
     def events(self) -> EventHub:
         """This process's wake-ups (tasks.ports.TaskEvents): on PostgreSQL, listening for
         every process's from the first use on."""
-        if isinstance(self.db.dialect, PostgresDialect):
-            assert self.listener is not None
+        if self.listener is not None:
             self.listener.start()
         return self.db.events
 

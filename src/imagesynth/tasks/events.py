@@ -61,11 +61,7 @@ class EventHub:
                 *self._subscribers.get((topic, key), {}).values(),
                 *self._subscribers.get((topic, ANY), {}).values(),
             ]
-        for callback in callbacks:
-            try:
-                callback(key)
-            except Exception:
-                log.exception("%s event subscriber failed", topic)
+        _deliver(callbacks, key)
 
     def wake_all(self) -> None:
         """Wake every subscriber at once: events may have been missed (the PostgreSQL
@@ -73,11 +69,7 @@ class EventHub:
         with self._lock:
             subscribed = [(key, list(cbs.values())) for (_, key), cbs in self._subscribers.items()]
         for key, callbacks in subscribed:
-            for callback in callbacks:
-                try:
-                    callback(key)
-                except Exception:
-                    log.exception("event subscriber failed")
+            _deliver(callbacks, key)
 
     # -- tasks.ports.TaskEvents -----------------------------------------------------------
 
@@ -89,3 +81,12 @@ class EventHub:
 
     def on_rewrite(self, callback: Callable[[str], None]) -> Callable[[], None]:
         return self.subscribe(REWRITE, ANY, callback)
+
+
+def _deliver(callbacks: list[Callable[[str], None]], key: str) -> None:
+    """Call each with `key`; one that fails is logged and does not stop the others."""
+    for callback in callbacks:
+        try:
+            callback(key)
+        except Exception:
+            log.exception("event subscriber failed")

@@ -62,6 +62,14 @@ class Task:
     def effective_prompt(self) -> str:
         return self.actual_prompt if self.actual_prompt is not None else self.params.prompt
 
+    @property
+    def queue_wait(self) -> float | None:
+        """Seconds from its submit to its first start (both the database's clock); None
+        before it started."""
+        if self.started_at is None:
+            return None
+        return max(self.started_at - self.created_at, 0.0)
+
 
 @dataclass(frozen=True)
 class TaskFilter:

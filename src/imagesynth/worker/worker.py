@@ -304,17 +304,10 @@ class Worker:
         live = []
         for task in tasks:
             log.info("task %s attempt %d: %s started", task.id, task.attempts, task.model)
-            if task.started_at is not None:
-                # Both times are the database's clock.
-                wait = max(task.started_at - task.created_at, 0.0)
-                self.metrics.queue_wait.labels(model=task.model).observe(wait)
+            if task.queue_wait is not None:
+                self.metrics.queue_wait.labels(model=task.model).observe(task.queue_wait)
             if self._guard_blocks(task):
-                self._finish(
-                    task,
-                    TaskStatus.FAILED,
-                    error_code=FailureCode.DATA_INSPECTION,
-                    error_message=FailureCode.DATA_INSPECTION.message,
-                )
+                self._fail(task, FailureCode.DATA_INSPECTION)
             else:
                 live.append(task)
         if not live:
@@ -417,14 +410,12 @@ class Worker:
             error = _Cancelled()
         if error is None and self._stop.is_set():
             error = _ShuttingDown()
-        if isinstance(error, _ShuttingDown):
-            self.blobs.delete_prefix(f"{task.id}/{task.attempts}")
-            self.queue.release(task.id, self.worker_id, task.attempts)
-            log.info("task %s handed back on shutdown", task.id)
-            return
         if error is not None:
             self.blobs.delete_prefix(f"{task.id}/{task.attempts}")
-            if isinstance(error, _Cancelled):
+            if isinstance(error, _ShuttingDown):
+                self.queue.release(task.id, self.worker_id, task.attempts)
+                log.info("task %s handed back on shutdown", task.id)
+            elif isinstance(error, _Cancelled):
                 self._finish(task, TaskStatus.CANCELED)
             else:
                 log.error("task %s failed in post-processing", task.id, exc_info=error)
@@ -432,12 +423,7 @@ class Worker:
             return
         results = [r or ImageResult() for r in job.results]
         if not any(r.blob_key for r in results):
-            self._finish(
-                task,
-                TaskStatus.FAILED,
-                error_code=FailureCode.DATA_INSPECTION,
-                error_message=FailureCode.DATA_INSPECTION.message,
-            )
+            self._fail(task, FailureCode.DATA_INSPECTION)  # the classifier withheld every one
             return
         if self._finish(task, TaskStatus.SUCCEEDED, results=results):
             now = time.monotonic()
@@ -454,20 +440,13 @@ class Worker:
         """A succeeded task's durations (monotonic on this worker; its wait in the queue from
         the database's clock)."""
         model, m = job.task.model, self.metrics
-        waited = 0.0
-        if job.task.started_at is not None:
-            waited = max(job.task.started_at - job.task.created_at, 0.0)
+        waited = job.task.queue_wait or 0.0
         m.generation.labels(model=model).observe(job.generated - job.started)
         m.postprocess.labels(model=model).observe(now - job.generated)
         m.end_to_end.labels(model=model).observe(waited + now - job.started)
 
-    def _fail(self, task: Task) -> None:
-        self._finish(
-            task,
-            TaskStatus.FAILED,
-            error_code=FailureCode.ALGO,
-            error_message=FailureCode.ALGO.message,
-        )
+    def _fail(self, task: Task, code: FailureCode = FailureCode.ALGO) -> None:
+        self._finish(task, TaskStatus.FAILED, error_code=code, error_message=code.message)
 
     def _finish(
         self,
