@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         "its decoded images in memory); the engine waits when they are this many.",
     )
     sync_timeout_seconds: float = Field(default=600.0, gt=0)
+    openai_default_model: str = Field(
+        default="wan2.2-t2i-flash",
+        description="The model of an OpenAI Images request that names none (POST "
+        "/v1/images/generations); a catalog name.",
+    )
     max_request_bytes: int = Field(default=1 << 20, ge=1024)
     fetch_timeout_seconds: float = Field(default=10.0, gt=0)
     fetch_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)

@@ -9,8 +9,18 @@ from enum import StrEnum
 class ImageSynthError(Exception):
     """An internal error has occured, please try again later or contact service support."""
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """param: the request field at fault, where one is (the OpenAI error shape names
+        it). retry_after: seconds after which a retry may succeed (a 429's Retry-After)."""
         super().__init__(message or (self.__doc__ or "").strip())
+        self.param = param
+        self.retry_after = retry_after
 
     @property
     def message(self) -> str:

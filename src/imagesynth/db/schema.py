@@ -93,6 +93,7 @@ _ADDED_COLUMNS = (
     ("tasks", "prompt_note", "TEXT"),
     ("tasks", "prompt_lease_until", "{real}"),
     ("tasks", "batch_key", "TEXT"),  # GenerationParams.batch_key; NULL: never batched
+    ("tasks", "previews_made", "INTEGER NOT NULL DEFAULT 0"),  # Task.previews_made
     ("api_keys", "settings", "TEXT"),
 )
 # Indexes on added columns: created once the columns surely exist.

@@ -20,6 +20,10 @@ from imagesynth.domain import Backend, Cache, Family, Offload, SchedulerValue
 # Called after each denoising step with (steps_done, steps_total). It may raise to abort the
 # call; the adapter lets the exception propagate and stays usable for the next call.
 StepCallback = Callable[[int, int], None]
+# Called after each step in GenerationBatch.preview_steps with (steps_done, previews): one small
+# RGB picture per image of the call, projected from its latents (no VAE decode). It may raise,
+# as on_step may.
+PreviewCallback = Callable[[int, list[Image.Image]], None]
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,9 @@ class GenerationBatch:
     # Empty: every image uses `prompt` and `negative_prompt`.
     prompts: tuple[str, ...] = ()
     negative_prompts: tuple[str, ...] = ()
+    # After which denoising steps (1-based) `on_preview` gets previews; needs the engine's
+    # `previews` capability.
+    preview_steps: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("prompts", "negative_prompts"):
@@ -136,6 +143,7 @@ class Capabilities:
     """What an engine can do beyond making images.
 
     progress: it calls `on_step` after each denoising step, so a task shows its progress.
+    previews: it calls `on_preview` at the batch's preview_steps with cheap previews.
     cancel: an exception raised from `on_step` stops the call, so a cancelled (or handed
     back) task stops at its next step; without it the worker waits for the call to end and
     then discards its images.
@@ -143,6 +151,7 @@ class Capabilities:
 
     progress: bool = True
     cancel: bool = True
+    previews: bool = False
 
 
 class Engine(Protocol):
@@ -154,8 +163,14 @@ class Engine(Protocol):
     def load(self) -> None:
         """Load the weights onto the device. Called once, before any `generate`."""
 
-    def generate(self, batch: GenerationBatch, on_step: StepCallback) -> list[Image.Image]:
+    def generate(
+        self,
+        batch: GenerationBatch,
+        on_step: StepCallback,
+        on_preview: PreviewCallback | None = None,
+    ) -> list[Image.Image]:
         """Run one call. Returns exactly len(batch.seeds) RGB images of exactly
-        batch.width x batch.height pixels, in seed order. Calls `on_step` as its
-        capabilities say; an exception from it propagates and the engine stays usable."""
+        batch.width x batch.height pixels, in seed order. Calls `on_step` (and, given one,
+        `on_preview`) as its capabilities say; an exception from either propagates and the
+        engine stays usable."""
         ...

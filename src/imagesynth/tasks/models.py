@@ -47,6 +47,7 @@ class Task:
     finished_at: float | None = None
     progress_step: int = 0
     progress_total: int = 0
+    previews_made: int = 0  # preview images this attempt has stored (params.partial_images)
     results: list[ImageResult] = field(default_factory=list)
     error_code: str | None = None
     error_message: str | None = None
@@ -61,6 +62,11 @@ class Task:
     @property
     def effective_prompt(self) -> str:
         return self.actual_prompt if self.actual_prompt is not None else self.params.prompt
+
+    def preview_key(self, index: int) -> str:
+        """Where preview `index` (0-based) of the current attempt is stored (the worker
+        writes it; the API's streams read it)."""
+        return f"{self.id}/{self.attempts}/preview-{index}.jpg"
 
     @property
     def queue_wait(self) -> float | None:
