@@ -19,7 +19,7 @@ from pydantic import (
 from pydantic import ValidationError as PydanticValidationError
 
 from imagesynth.catalog import ModelSpec
-from imagesynth.domain import SEED_MAX, TaskStatus
+from imagesynth.domain import MAX_PARTIAL_IMAGES, SEED_MAX, TaskStatus
 from imagesynth.errors import EmptyInput, EmptyModel, InvalidParameter
 from imagesynth.tasks.models import Task
 
@@ -86,6 +86,12 @@ class SynthesisParameters(_Loose):
     style: StrictStr | None = _doc("wanx-v1 only, e.g. <watercolor>.")
     ref_strength: StrictFloat | StrictInt | None = _doc("0..1.", minimum=0, maximum=1)
     ref_mode: StrictStr | None = _doc("repaint or refonly.", enum=["repaint", "refonly"])
+    partial_images: StrictInt | None = _doc(
+        "Beyond DashScope: previews made while denoising, read from the task's progress "
+        "stream with ?previews=true.",
+        minimum=0,
+        maximum=MAX_PARTIAL_IMAGES,
+    )
 
     def fields(self) -> dict[str, Any]:
         """As ModelSpec.validate names them (each declared field; extra ones are ignored)."""

@@ -13,8 +13,8 @@
     event:result
     data:{...exactly what GET /api/v1/tasks/{id} answers...}
 
-`status` comes with each status change, `progress` with each recorded step (and each new
-preview), `result` once the task has ended (or at once for an unknown task), and then the
+`status` comes with each status change, `progress` with each recorded step (and one more
+for each new preview, which carries it), `result` once the task has ended (or at once for an unknown task), and then the
 stream ends. Comment lines keep an idle connection open. docs/progress-streams.md has more.
 """
 
@@ -67,13 +67,13 @@ async def task_events(
                     "step": step,
                     "steps": current.progress_total,
                 }
-                if with_previews and current.previews_made > previews:
-                    latest = current.preview_key(current.previews_made - 1)
-                    data = await run_in_threadpool(svc.blobs.read, latest)
+                # Each preview made since the last event, in order, none skipped.
+                for index in range(previews, current.previews_made if with_previews else 0):
+                    data = await run_in_threadpool(svc.blobs.read, current.preview_key(index))
                     if data is not None:
-                        event["preview"] = "data:image/jpeg;base64," + (
-                            base64.b64encode(data).decode()
-                        )
+                        event_id += 1
+                        url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+                        yield sse.frame(event_id, "progress", 200, {**event, "preview": url})
                 previews = current.previews_made
                 event_id += 1
                 yield sse.frame(event_id, "progress", 200, event)
