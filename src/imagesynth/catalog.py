@@ -193,6 +193,17 @@ class ModelSpec:
     # guidance and style; no reference image). 1: every task runs alone. A task with more
     # images than this still runs, alone.
     max_batch: int = 1
+    # backend = "openai-images": the server (its base URL, e.g. "http://gpu1:30000/v1"), the
+    # model name it serves (default: this entry's name), the environment variable holding its
+    # API key, how long one request may take, how often a failed one is retried (with
+    # backoff), and whether it gives image i of one request seed + i (imagesynth does; when
+    # not known, each image is its own request with its own seed).
+    endpoint: str | None = None
+    remote_model: str | None = None
+    api_key_env: str | None = None
+    remote_timeout: float = 600.0
+    remote_retries: int = 4
+    remote_seed_offsets: bool = False
     # The OpenAI front's quality -> steps with real weights: [low, medium, high] (auto = high =
     # `steps`). Empty: low and medium are 40% and 60% of the default steps (demo weights too).
     quality_steps: tuple[int, ...] = ()
@@ -201,7 +212,7 @@ class ModelSpec:
 
     @property
     def is_demo(self) -> bool:
-        return self.weights == DEMO_WEIGHTS
+        return self.backend == "diffusers" and self.weights == DEMO_WEIGHTS
 
     @property
     def default_steps(self) -> int:
@@ -571,6 +582,19 @@ def _check_levers(spec: ModelSpec, entry: Mapping[str, Any], where: str) -> None
         raise CatalogError(f"{where}: cache_threshold must be > 0")
 
 
+def _check_remote(spec: ModelSpec, where: str) -> None:
+    if spec.backend != "openai-images":
+        if spec.endpoint is not None:
+            raise CatalogError(f'{where}: endpoint is for backend = "openai-images"')
+        return
+    if not spec.endpoint or not spec.endpoint.startswith(("http://", "https://")):
+        raise CatalogError(f'{where}: backend openai-images needs endpoint = "http(s)://.../v1"')
+    if spec.reference_images or spec.styles:
+        raise CatalogError(f"{where}: a remote engine takes no reference images or styles")
+    if spec.remote_timeout <= 0 or spec.remote_retries < 0:
+        raise CatalogError(f"{where}: need remote_timeout > 0 and remote_retries >= 0")
+
+
 def _parse_models(
     raw: dict[str, Any], source: str, styles: Mapping[str, Style]
 ) -> dict[str, ModelSpec]:
@@ -642,6 +666,7 @@ def _parse_models(
             raise CatalogError(
                 f"{source}: model {name}: need rps > 0, in_flight >= 1, price >= 0, free_quota >= 0"
             )
+        _check_remote(spec, f"{source}: model {name}")
         _check_image_adapters(spec, entry, f"{source}: model {name}")
         _check_levers(spec, entry, f"{source}: model {name}")
         models[name] = spec

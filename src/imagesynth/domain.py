@@ -16,8 +16,10 @@ Family = Literal["qwen-image", "wan", "stable-diffusion", "z-image"]
 FAMILIES: tuple[Family, ...] = ("qwen-image", "wan", "stable-diffusion", "z-image")
 
 # How a model's images are made: the engine backend a catalog entry names (`backend = ...`).
-Backend = Literal["diffusers"]
-BACKENDS: tuple[Backend, ...] = ("diffusers",)
+# diffusers: in-process Hugging Face pipelines; openai-images: a server that speaks the OpenAI
+# Images API (SGLang-Diffusion, vLLM-Omni, LocalAI, another imagesynth).
+Backend = Literal["diffusers", "openai-images"]
+BACKENDS: tuple[Backend, ...] = ("diffusers", "openai-images")
 
 # GPU speed levers a catalog entry can pull, applied by the engine at load (docs/gpu-levers.md).
 # offload: where the weights live between uses; "none" keeps the whole pipeline on the device.

@@ -57,6 +57,10 @@ class ImageGenerationBody(BaseModel):
     negative_prompt: StrictStr | None = None
     steps: StrictInt | None = None
     guidance: StrictFloat | StrictInt | None = None
+    # vLLM-Omni's and SGLang-Diffusion's names for the same two (what imagesynth's remote
+    # engine sends): a server in front of another imagesynth takes them too.
+    num_inference_steps: StrictInt | None = None
+    guidance_scale: StrictFloat | StrictInt | None = None
     prompt_extend: StrictBool | None = None
     watermark: StrictBool | None = None
     callback_url: StrictStr | None = None
@@ -129,7 +133,7 @@ class ImageGeneration:
     def task_fields(self, spec: ModelSpec) -> dict[str, Any]:
         """The fields ModelSpec.validate takes, for `spec`."""
         b = self.body
-        steps = b.steps
+        steps = b.steps if b.steps is not None else b.num_inference_steps
         if steps is None and self.quality != "auto":
             steps = spec.steps_for_quality(self.quality)
         style = b.style if b.style not in _OPENAI_STYLES else None
@@ -140,7 +144,7 @@ class ImageGeneration:
             "n": 1 if b.n is None else b.n,
             "seed": b.seed,
             "steps": steps,
-            "guidance": b.guidance,
+            "guidance": b.guidance if b.guidance is not None else b.guidance_scale,
             "prompt_extend": b.prompt_extend,
             "watermark": b.watermark,
             "style": style,

@@ -38,7 +38,7 @@ from imagesynth.api.openai_schemas import ImageGeneration, ImageGenerationBody, 
 from imagesynth.api.sync_reply import succeeded
 from imagesynth.api.sync_wait import wait_for_end
 from imagesynth.api.task_stream import ClientLeft, follow
-from imagesynth.errors import ImageSynthError, ResourceNotFound
+from imagesynth.errors import ImageSynthError, ModelNotFound, ResourceNotFound
 from imagesynth.storage.png import encode_image
 from imagesynth.tasks.models import Task
 
@@ -83,7 +83,10 @@ async def generate(request: Request) -> dict[str, Any] | StreamingResponse:
     svc = services_of(request)
     key = await authenticate(request)
     call = ImageGeneration.parse(await read_json_object(request))
-    spec = svc.catalog.get(call.body.model or svc.settings.openai_default_model)
+    name = call.body.model or svc.settings.openai_default_model
+    if name not in svc.catalog.models:
+        raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
+    spec = svc.catalog.models[name]
     task = await submit_task(request, key, spec.name, call.task_fields(spec))
     if call.stream:
         return StreamingResponse(

@@ -275,6 +275,9 @@ def task_output(task: Task, spec: ModelSpec | None, url_for: UrlFor) -> dict[str
         out["task_metrics"] = {"TOTAL": total, "SUCCEEDED": 0, "FAILED": 0}
         # Beyond DashScope: how far the denoising loop has got.
         out["task_progress"] = {"step": task.progress_step, "steps": task.progress_total}
+        if spec is not None and spec.backend != "diffusers":
+            # A remote engine tells no steps: the task says so rather than showing 0 forever.
+            out["task_progress"]["reported"] = False
     elif task.status == TaskStatus.SUCCEEDED and spec is not None and spec.messages_protocol:
         # A wan2.6 task: its images as the protocol's one assistant message.
         out["finished"] = True

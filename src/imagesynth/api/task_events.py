@@ -14,8 +14,9 @@
     data:{...exactly what GET /api/v1/tasks/{id} answers...}
 
 `status` comes with each status change, `progress` with each recorded step (and one more
-for each new preview, which carries it), `result` once the task has ended (or at once for an unknown task), and then the
-stream ends. Comment lines keep an idle connection open. docs/progress-streams.md has more.
+for each new preview, which carries it), `result` once the task has ended (or at once for an
+unknown task), and then the stream ends. Comment lines keep an idle connection open.
+docs/progress-streams.md has more.
 """
 
 from __future__ import annotations

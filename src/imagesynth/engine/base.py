@@ -16,6 +16,7 @@ from typing import Protocol
 from PIL import Image
 
 from imagesynth.domain import Backend, Cache, Family, Offload, SchedulerValue
+from imagesynth.errors import FailureCode
 
 # Called after each denoising step with (steps_done, steps_total). It may raise to abort the
 # call; the adapter lets the exception propagate and stays usable for the next call.
@@ -79,6 +80,32 @@ class Levers:
 
 
 @dataclass(frozen=True)
+class RemoteEndpoint:
+    """A server that speaks the OpenAI Images API (backend "openai-images").
+
+    endpoint: its base URL, ".../v1". model: the name it serves. api_key: sent as Bearer.
+    timeout: seconds one request may take. retries: how often a failed request is retried.
+    seed_offsets: whether image i of a request with n > 1 gets seed + i there.
+    """
+
+    endpoint: str
+    model: str
+    api_key: str | None = None
+    timeout: float = 600.0
+    retries: int = 4
+    seed_offsets: bool = False
+
+
+class EngineFailure(Exception):
+    """A call failed in a way the task should tell: its failure code and what happened."""
+
+    def __init__(self, code: FailureCode, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
 class EngineSpec:
     """Where a pipeline's weights are and how to run them.
 
@@ -99,6 +126,7 @@ class EngineSpec:
     ip_adapter: IPAdapterWeights | None = None
     loras: tuple[LoraWeights, ...] = ()
     levers: Levers = Levers()
+    remote: RemoteEndpoint | None = None  # backend "openai-images" only
 
 
 @dataclass(frozen=True)

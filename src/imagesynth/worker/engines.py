@@ -7,12 +7,20 @@ the engines nothing of the catalog.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 
 from imagesynth.catalog import DEMO_WEIGHTS, ModelSpec
-from imagesynth.engine.base import Engine, EngineSpec, IPAdapterWeights, Levers, LoraWeights
+from imagesynth.engine.base import (
+    Engine,
+    EngineSpec,
+    IPAdapterWeights,
+    Levers,
+    LoraWeights,
+    RemoteEndpoint,
+)
 from imagesynth.engine.diffusers.demo import (
     IP_ADAPTER_IMAGE_ENCODER,
     IP_ADAPTER_SUBFOLDER,
@@ -51,7 +59,20 @@ def engine_spec(spec: ModelSpec, demo_root: Path) -> EngineSpec:
         for style in spec.style_table.values()
         if style.lora is not None
     )
+    remote = None
+    if spec.backend == "openai-images":
+        assert spec.endpoint is not None  # the catalog checks it
+        weights = spec.endpoint
+        remote = RemoteEndpoint(
+            endpoint=spec.endpoint,
+            model=spec.remote_model or spec.name,
+            api_key=os.environ.get(spec.api_key_env) if spec.api_key_env else None,
+            timeout=spec.remote_timeout,
+            retries=spec.remote_retries,
+            seed_offsets=spec.remote_seed_offsets,
+        )
     return EngineSpec(
+        remote=remote,
         family=spec.family,
         backend=spec.backend,
         weights=weights,

@@ -27,7 +27,13 @@ from PIL import Image
 
 from imagesynth.catalog import Catalog, ModelSpec
 from imagesynth.domain import TaskStatus
-from imagesynth.engine.base import Engine, GenerationBatch, PreviewCallback, StepCallback
+from imagesynth.engine.base import (
+    Engine,
+    EngineFailure,
+    GenerationBatch,
+    PreviewCallback,
+    StepCallback,
+)
 from imagesynth.errors import FailureCode
 from imagesynth.labels import visible
 from imagesynth.labels.aigc import ImageLabel
@@ -340,6 +346,16 @@ class Worker:
         except _Cancelled:
             for task in live:
                 self._finish(task, TaskStatus.CANCELED)
+            return []
+        except EngineFailure as exc:
+            log.warning("tasks %s failed: %s", ", ".join(t.id for t in live), exc)
+            for task in live:
+                self._finish(
+                    task,
+                    TaskStatus.FAILED,
+                    error_code=exc.code,
+                    error_message=f"{exc.code.message} {exc.detail}",
+                )
             return []
         except Exception:
             log.exception("tasks %s failed", ", ".join(t.id for t in live))
