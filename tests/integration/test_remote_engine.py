@@ -45,9 +45,7 @@ n_max = 4
 
 
 @pytest.fixture
-def upstream(
-    http_server: InProcessService, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[TcpProxy]:
+def upstream(http_server: InProcessService, monkeypatch: pytest.MonkeyPatch) -> Iterator[TcpProxy]:
     """The real server, behind a proxy: its key in the environment variable the catalog names."""
     monkeypatch.setenv(KEY_ENV, http_server.key)
     parts = urlparse(http_server.url)
