@@ -185,3 +185,16 @@ def allowed_sizes(spec: ModelSpec) -> str:
 
 def openai_size(width: int, height: int) -> str:
     return f"{width}x{height}"
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorReply(BaseModel):
+    """Documentation only: every refusal under /v1/ (api/openai_errors.py)."""
+
+    error: OpenAIErrorDetail

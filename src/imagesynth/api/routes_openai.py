@@ -37,8 +37,8 @@ from imagesynth.api.openai_errors import error_body
 from imagesynth.api.openai_schemas import ImageGeneration, ImageGenerationBody, openai_size
 from imagesynth.api.sync_reply import succeeded
 from imagesynth.api.sync_wait import wait_for_end
-from imagesynth.api.task_stream import ClientLeft, follow
-from imagesynth.errors import ImageSynthError, ModelNotFound, ResourceNotFound
+from imagesynth.api.task_stream import ClientLeft, OutOfTime, follow
+from imagesynth.errors import ImageSynthError, ModelNotFound, ResourceNotFound, SyncTimeout
 from imagesynth.storage.png import encode_image
 from imagesynth.tasks.models import Task
 
@@ -143,8 +143,10 @@ async def _stream(request: Request, call: ImageGeneration, task: Task) -> AsyncI
         "size": openai_size(task.params.width, task.params.height),
     }
     sent, last, done = 0, task, False
+    failure: ImageSynthError | None = None
+    deadline = time.monotonic() + svc.settings.sync_timeout_seconds
     try:
-        async for current in follow(request, task):
+        async for current in follow(request, task, deadline):
             if current is None:
                 yield sse.KEEP_ALIVE
                 continue
@@ -158,15 +160,19 @@ async def _stream(request: Request, call: ImageGeneration, task: Task) -> AsyncI
         done = True
     except ClientLeft:
         pass
+    except OutOfTime:
+        failure = SyncTimeout()
     finally:
         if not done:
-            # The caller left mid-stream: nobody will fetch these images.
-            log.info("task %s: OpenAI stream caller went away; cancelling", task.id)
+            # The caller left mid-stream, or the task took too long: nobody will fetch it.
+            log.info("task %s: OpenAI stream ended before the task; cancelling", task.id)
             with anyio.CancelScope(shield=True):
                 await run_in_threadpool(svc.tasks.abandon, task.id)
-    if not done:
-        return
+    if not done and failure is None:
+        return  # the caller left: nobody to tell
     try:
+        if failure is not None:
+            raise failure
         ended = succeeded(last)
         images = await run_in_threadpool(_images, request, _b64_only(call), ended)
     except ImageSynthError as exc:

@@ -30,11 +30,17 @@ class ClientLeft(Exception):
     """The client of a stream hung up."""
 
 
-async def follow(request: Request, task: Task) -> AsyncIterator[Task | None]:
+class OutOfTime(Exception):
+    """The task did not end before the stream's deadline."""
+
+
+async def follow(
+    request: Request, task: Task, deadline: float | None = None
+) -> AsyncIterator[Task | None]:
     """The task each time its status, step or previews changed (first as it is now), until it
     has ended; None every KEEP_ALIVE_SECONDS without a change, so the caller can send a
-    keep-alive. Raises ClientLeft when the client hangs up; a task that expired mid-stream
-    (retention) ends the iteration."""
+    keep-alive. Raises ClientLeft when the client hangs up, OutOfTime past `deadline` (a
+    time.monotonic() value); a task that expired mid-stream (retention) ends the iteration."""
     svc = services_of(request)
     changed = asyncio.Event()
     unsubscribe = _on_change(svc.events, task.id, changed)
@@ -57,6 +63,8 @@ async def follow(request: Request, task: Task) -> AsyncIterator[Task | None]:
                 yield None
             if await request.is_disconnected():
                 raise ClientLeft()
+            if deadline is not None and time.monotonic() > deadline:
+                raise OutOfTime()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), POLL_SECONDS)
     finally:
