@@ -324,7 +324,7 @@ def webhook_list(ref: KeyRef) -> None:
 def webhook_remove(
     ref: KeyRef, endpoint_id: Annotated[str, typer.Argument(help="The endpoint's id (ep_...).")]
 ) -> None:
-    """Forget an endpoint; its deliveries not yet made are dropped."""
+    """Forget an endpoint; its deliveries not yet made fail."""
     _admin_call(_runtime().webhook_admin().remove, ref, endpoint_id)
     print(f"removed {endpoint_id}")
 

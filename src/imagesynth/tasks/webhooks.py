@@ -182,16 +182,16 @@ class WebhookStore(Protocol):
         ...
 
 
-def check_callback_url(url: str, allow: Sequence[IPNetwork]) -> str:
+def check_callback_url(url: str, allow: Sequence[IPNetwork], field: str = "callback_url") -> str:
     """A webhook URL as it will be called; 400 InvalidParameter unless it is http(s) and its
     host resolves to public addresses only (or ones in `allow`). Checked again on every
     delivery, since DNS may answer differently later."""
     if len(url) > 2048:
-        raise InvalidParameter("callback_url: at most 2048 characters")
+        raise InvalidParameter(f"{field}: at most 2048 characters")
     try:
         return check_public_url(url, allow)
     except InvalidURL as exc:
-        raise InvalidParameter(f"callback_url: {exc.message}") from None
+        raise InvalidParameter(f"{field}: {exc.message}") from None
 
 
 def parse_events(events: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -217,7 +217,7 @@ class WebhookAdmin:
     def add(self, ref: str, url: str, events: Sequence[str] | None = None) -> tuple[Endpoint, str]:
         """Register an endpoint for the key; returns it and its secret (shown only now)."""
         key = self.keys.resolve(ref)
-        checked = check_callback_url(url, self.allow)
+        checked = check_callback_url(url, self.allow, field="url")
         wanted = parse_events(events)
         if len(self.store.endpoints(key.id)) >= MAX_ENDPOINTS_PER_KEY:
             raise InvalidParameter(f"A key has at most {MAX_ENDPOINTS_PER_KEY} webhook endpoints.")
@@ -228,7 +228,8 @@ class WebhookAdmin:
         return self.store.endpoints(self.keys.resolve(ref).id)
 
     def remove(self, ref: str, endpoint_id: str) -> None:
-        """Forget the endpoint; deliveries already queued for it are dropped when due."""
+        """Forget the endpoint; deliveries still queued for it fail when due ("the webhook
+        endpoint was removed")."""
         if not self.store.remove_endpoint(self.keys.resolve(ref).id, endpoint_id):
             raise ResourceNotFound(f"The key has no webhook endpoint {endpoint_id!r}.")
 
