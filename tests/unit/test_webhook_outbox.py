@@ -108,9 +108,9 @@ def test_attempts_retry_then_deliver_and_are_logged(store: SqlStores) -> None:
     task = add_task(store)
     assert store.tasks.cancel_pending(task.id, "key-a")
     (d,) = store.webhooks.claim_due("me", 30, 10)
-    assert store.webhooks.record_attempt(d, "me", '{"n":1}', retry(0.2), GIVE_UP) == "PENDING"
+    assert store.webhooks.record_attempt(d, "me", '{"n":1}', retry(0.5), GIVE_UP) == "PENDING"
     assert store.webhooks.claim_due("me", 30, 10) == []  # not due before its retry
-    time.sleep(0.25)
+    time.sleep(0.55)
     (d,) = store.webhooks.claim_due("me", 30, 10)
     assert d.attempts == 1 and d.body == '{"n":1}'  # the body fixed by the first attempt
     assert store.webhooks.record_attempt(d, "me", '{"n":2}', OK, GIVE_UP) == "DELIVERED"
@@ -139,6 +139,7 @@ def test_a_delivery_fails_once_its_retries_would_pass_the_give_up_age(store: Sql
     assert store.webhooks.claim_due("me", 30, 10) == []
     # Finished deliveries are forgotten after the retention period, with their log.
     assert store.webhooks.forget_finished(3600) == 0
+    time.sleep(0.02)  # past the database clock's resolution (SQLite: 1 ms)
     assert store.webhooks.forget_finished(0) == 1
     assert store.webhooks.deliveries() == []
 
