@@ -104,8 +104,9 @@ class WebhookSender:
         self.poll_seconds = poll_seconds
         self.concurrency = concurrency
         self.events = events
-        # A lease outlasts an attempt; a sender that died is replaced once it runs out.
-        self.lease_seconds = policy.timeout_seconds + 30.0
+        # A lease outlasts an attempt (connect, send and read each have the timeout); a
+        # sender that died is replaced once it runs out.
+        self.lease_seconds = 3 * policy.timeout_seconds + 30.0
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._rng = random.Random()
         self._wake = threading.Event()
