@@ -5,8 +5,8 @@ raises them, and the task such a call is (listed, billed once)."""
 from __future__ import annotations
 
 import base64
-import json
 import io
+import json
 import time
 from collections.abc import Callable
 from typing import Any

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from imagesynth.config import Settings
-from tests.integration.api_client import SUBMIT_PATH
 from tests.integration.images import fetch_png
 from tests.integration.inprocess import InProcessService
 from tests.integration.tcp_proxy import TcpProxy, tcp_proxy

@@ -46,6 +46,11 @@ def header(name: str, description: str, **schema: Any) -> dict[str, Any]:
 
 
 WORKSPACE = header("X-DashScope-WorkSpace", "Recorded on the task; filters the task list.")
+CALLBACK_URL = header(
+    "X-ImageSynth-Callback-URL",
+    "Beyond DashScope: a URL sent the task's end, signed per Standard Webhooks "
+    "(docs/webhooks.md); http(s), public addresses only.",
+)
 
 
 def operation(

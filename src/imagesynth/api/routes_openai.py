@@ -87,7 +87,9 @@ async def generate(request: Request) -> dict[str, Any] | StreamingResponse:
     if name not in svc.catalog.models:
         raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
     spec = svc.catalog.models[name]
-    task = await submit_task(request, key, spec.name, call.task_fields(spec))
+    task = await submit_task(
+        request, key, spec.name, call.task_fields(spec), callback_url=call.body.callback_url
+    )
     if call.stream:
         return StreamingResponse(
             _stream(request, call, task), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS

@@ -72,6 +72,7 @@ _LIST_DOC = openapi.operation(
             openapi.header(
                 "X-DashScope-OssResourceResolve", "enable: ref_img is an oss:// upload."
             ),
+            openapi.CALLBACK_URL,
         ],
     ),
 )
@@ -91,6 +92,7 @@ async def submit(request: Request) -> dict[str, Any]:
         spec.name,
         body.generation_fields(),
         reference=None if reference_url is None else reference_loader(request, key, reference_url),
+        callback_url=body.callback_url,
     )
     if not synchronous:
         return {

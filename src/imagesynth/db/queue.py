@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from imagesynth.db.database import Database
 from imagesynth.db.ledger import record_finished
 from imagesynth.db.rows import LEDGER_SOURCE, TASK_COLUMNS, row_to_task
+from imagesynth.db.webhooks import enqueue_ended
 from imagesynth.domain import TaskStatus
 from imagesynth.errors import FailureCode
 from imagesynth.tasks.events import CLAIMABLE, ENDED, PROGRESS
@@ -155,6 +156,7 @@ class SqlTaskQueue:
                 return False
             images = sum(1 for r in results if r.blob_key) if status == TaskStatus.SUCCEEDED else 0
             record_finished(self.db, [row], images)
+            enqueue_ended(self.db, [task_id])
             # Its end, and its key's in-flight slot came free.
             self.db.notify((ENDED, task_id), (CLAIMABLE, row["model"]))
         return True
@@ -198,7 +200,9 @@ class SqlTaskQueue:
                     "lost_message": FailureCode.WORKER_LOST.message,
                 },
             ).fetchall()
-            record_finished(self.db, [r for r in rows if TaskStatus(r["status"]).is_final])
+            ended = [r for r in rows if TaskStatus(r["status"]).is_final]
+            record_finished(self.db, ended)
+            enqueue_ended(self.db, [r["id"] for r in ended])
             self.db.notify(
                 *((ENDED, r["id"]) for r in rows if TaskStatus(r["status"]).is_final),
                 *((CLAIMABLE, model) for model in {r["model"] for r in rows}),

@@ -58,6 +58,7 @@ class Task:
     actual_prompt: str | None = None
     prompt_ready: bool = True  # False until the prompt stage has rewritten the prompt
     prompt_note: str | None = None  # why the prompt was kept as given, when it was
+    callback_url: str | None = None  # told of the task's end as well (docs/webhooks.md)
 
     @property
     def effective_prompt(self) -> str:

@@ -114,6 +114,7 @@ class TaskStore(Protocol):
         admit: Callable[[KeyStanding], None] | None = None,
         month_start: float = 0.0,
         rewrite_prompt: bool = False,
+        callback_url: str | None = None,
     ) -> Task: ...
 
     def get_task(self, task_id: str, api_key_id: str | None = None) -> Task | None: ...
