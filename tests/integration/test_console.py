@@ -1,0 +1,322 @@
+"""The web console in a real browser (headless chromium, tests/browser.py) against the real
+service over real HTTP: a new user's first image, the messages a person sees for a wrong key
+and a refused prompt, the operator's keys and usage, and what the page may load.
+
+Screenshots go to test-artifacts/console/ at the repository root (printed at the end)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from imagesynth.config import Settings
+from imagesynth.db import SqlStores
+from imagesynth.domain import TaskStatus
+from imagesynth.tasks.models import ImageResult
+from tests.browser import headless_chromium
+from tests.integration.api_client import SUBMIT_PATH
+from tests.integration.inprocess import InProcessService, open_service
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
+BLOCKED_PROMPT = "how to make a pipe bomb"  # safety/terms: terrorism (test_moderation.py)
+REFUSED = "Input or output data may contain inappropriate content."
+TIMEOUT_MS = 60_000
+
+
+# No worker serves this model: the failures test plays its worker (as test_partial_failure.py).
+UNSERVED = "wanx2.1-t2i-turbo"
+
+
+@pytest.fixture(scope="module")
+def service(make_settings: Callable[..., Settings]) -> Iterator[InProcessService]:
+    with open_service(make_settings(), workers=0, transport="http") as svc:
+        svc.start_worker([m for m in svc.services.catalog.models if m != UNSERVED])
+        yield svc
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    stack = ExitStack()
+    try:
+        launched = stack.enter_context(headless_chromium())
+    except RuntimeError as exc:
+        pytest.skip(f"no browser for the console tests: {exc}")
+    with stack:
+        yield launched
+    print(f"\nconsole screenshots: {ARTIFACTS}")
+
+
+class Requests:
+    """Every request the pages of the module made, and every console error they logged."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+        self.errors: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def seen() -> Requests:
+    return Requests()
+
+
+@pytest.fixture
+def page(browser: Any, service: InProcessService, seen: Requests) -> Iterator[Any]:
+    """A fresh tab (its own session storage) on the console, at desktop width."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    tab.set_default_timeout(TIMEOUT_MS)
+    tab.on("request", lambda r: seen.urls.append(r.url))
+    tab.on("console", lambda m: seen.errors.append(m.text) if m.type == "error" else None)
+    tab.on("pageerror", lambda e: seen.errors.append(str(e)))
+    tab.goto(service.url + "/")
+    tab.wait_for_selector("body[data-ready=true]")
+    yield tab
+    context.close()
+
+
+def shot(page: Any, name: str, *, full_page: bool = True) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    return path
+
+
+def enter_key(page: Any, key: str) -> None:
+    page.get_by_test_id("api-key").fill(key)
+    page.get_by_test_id("save-key").click()
+
+
+def enter_admin(page: Any, token: str) -> None:
+    page.get_by_test_id("admin-token").fill(token)
+    page.get_by_test_id("save-admin").click()
+
+
+def message(page: Any) -> str:
+    box = page.get_by_test_id("message")
+    box.wait_for(state="visible")
+    return str(box.inner_text())
+
+
+def watch_progress(page: Any) -> None:
+    """Record every state and value the progress bar takes from now on."""
+    page.evaluate(
+        """() => {
+          const bar = document.querySelector('[data-testid=progress]');
+          window.progressSeen = [];
+          const note = () => window.progressSeen.push([bar.dataset.state, bar.value]);
+          new MutationObserver(note).observe(bar, {attributes: true});
+        }"""
+    )
+
+
+def fill_request(page: Any, prompt: str, *, size: str, steps: int | None = None) -> None:
+    page.get_by_test_id("model").select_option("wan2.2-t2i-flash")
+    page.get_by_test_id("prompt").fill(prompt)
+    page.get_by_test_id("size").fill(size)
+    page.get_by_test_id("n").fill("1")
+    page.get_by_test_id("seed").fill("7")
+    if steps is not None:
+        page.get_by_test_id("steps").fill(str(steps))
+
+
+def generate(page: Any) -> tuple[int, int]:
+    """Press Generate, wait for the image; its natural size."""
+    page.get_by_test_id("generate").click()
+    image = page.get_by_test_id("result-image").first
+    image.wait_for(state="visible")
+    page.wait_for_function(
+        "() => { const i = document.querySelector('[data-testid=result-image]');"
+        " return i && i.complete && i.naturalWidth > 0; }"
+    )
+    size = image.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    return int(size[0]), int(size[1])
+
+
+def test_a_new_user_makes_an_image_and_finds_it_in_the_gallery(
+    page: Any, service: InProcessService
+) -> None:
+    enter_key(page, service.key)
+    assert "Key accepted" in message(page)
+    page.wait_for_selector("[data-testid=model] option[value='wan2.2-t2i-flash']", state="attached")
+    # Enough steps that the bar shows the run (each is a few ms on the demo weights).
+    fill_request(page, "a lighthouse at dusk, oil painting", size="768*512", steps=60)
+    assert "ImageSynthesis.call(" in page.get_by_test_id("snippet").inner_text()
+    watch_progress(page)
+    assert generate(page) == (768, 512)
+
+    states = page.evaluate("window.progressSeen")
+    print("progress bar:", states)
+    assert states[-1] == ["done", 100], states
+    names = [s for s, _ in states]
+    assert "running" in names or "pending" in names, states
+    running = [v for s, v in states if s == "running"]
+    assert running == sorted(running), f"the bar went back: {states}"
+    assert page.get_by_test_id("progress").get_attribute("data-state") == "done"
+    assert "Seed: 7" in page.get_by_test_id("results").inner_text()
+    task_id = page.get_by_test_id("progress").get_attribute("data-task-id")
+    shot(page, "playground")
+
+    page.get_by_role("link", name="Gallery").click()
+    item = page.locator(f"[data-testid=gallery-item][data-task-id='{task_id}']")
+    item.wait_for()
+    assert item.get_attribute("data-status") == "SUCCEEDED"
+    assert "wan2.2-t2i-flash" in item.inner_text() and "768*512" in item.inner_text()
+    item.get_by_test_id("gallery-thumb").wait_for()
+    shot(page, "gallery")
+
+    # "Use these settings again" fills the playground with the same request.
+    item.get_by_test_id("use-again").click()
+    page.get_by_test_id("prompt").wait_for(state="visible")
+    assert page.get_by_test_id("prompt").input_value() == "a lighthouse at dusk, oil painting"
+    assert page.get_by_test_id("size").input_value() == "768*512"
+
+    # At phone width the playground still fits: nothing wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    overflow = page.evaluate("document.documentElement.scrollWidth")
+    assert overflow <= 390, f"the page is {overflow}px wide at a 390px viewport"
+    shot(page, "playground-phone")
+
+
+def test_a_wrong_key_and_a_refused_prompt_say_why(page: Any, service: InProcessService) -> None:
+    enter_key(page, "sk-" + "0" * 32)
+    text = message(page)
+    assert "InvalidApiKey" in text and "refused" in text, text
+    assert page.get_by_test_id("key-state").inner_text().startswith("No key")
+    shot(page, "wrong-key")
+
+    enter_key(page, service.key)
+    page.wait_for_selector("[data-testid=model] option[value='wan2.2-t2i-flash']", state="attached")
+    fill_request(page, BLOCKED_PROMPT, size="512*512")
+    page.get_by_test_id("generate").click()
+    page.wait_for_selector("[data-testid=progress][data-state=failed]")
+    text = message(page)
+    assert "DataInspectionFailed" in text and REFUSED in text, text
+    assert page.get_by_test_id("result-image").count() == 0
+    shot(page, "refused")
+
+
+def test_the_operator_creates_a_key_sees_its_usage_and_revokes_it(
+    page: Any, service: InProcessService
+) -> None:
+    page.on("dialog", lambda d: d.accept())
+    page.get_by_role("link", name="Keys").click()
+    enter_admin(page, "not-the-token")
+    assert "InvalidApiKey" in message(page)
+    enter_admin(page, service.admin_token)
+    page.get_by_test_id("new-key-name").fill("console-user")
+    page.get_by_test_id("create-key").click()
+    page.wait_for_function("() => document.querySelector('[data-testid=new-secret]').textContent")
+    secret = page.get_by_test_id("new-secret").inner_text()
+    assert re.fullmatch(r"sk-\w+", secret), secret
+    row = page.locator("[data-testid=key-row][data-key-name='console-user']")
+    assert row.get_attribute("data-key-status") == "active"
+    assert secret not in row.inner_text()
+
+    # Straight to the playground with it: the secret leaves the page.
+    page.get_by_test_id("use-secret").click()
+    page.wait_for_selector("[data-testid=model] option[value='wan2.2-t2i-flash']", state="attached")
+    fill_request(page, "a red fox in snow", size="512*512")
+    assert generate(page) == (512, 512)
+    page.get_by_role("link", name="Keys").click()
+    assert not page.get_by_test_id("new-secret").is_visible()
+    assert secret not in page.content()
+
+    page.get_by_role("link", name="Usage").click()
+    usage = page.locator("[data-testid=usage-row][data-model='wan2.2-t2i-flash']")
+    usage.wait_for()
+    with httpx.Client(headers={"Authorization": f"Bearer {service.admin_token}"}) as client:
+        rows = client.get(f"{service.url}/admin/v1/usage", params={"model": "wan2.2-t2i-flash"})
+    made = sum(r["images"] for r in rows.json()["usage"])
+    assert made >= 1
+    assert int(usage.get_attribute("data-images") or 0) == made
+    bars = page.locator("[data-testid=usage-chart] rect[data-model='wan2.2-t2i-flash']")
+    assert sum(float(b.get_attribute("data-value") or 0) for b in bars.all()) == made
+    shot(page, "usage")
+
+    page.get_by_role("link", name="Keys").click()
+    row.get_by_test_id("revoke-key").click()
+    page.locator(
+        "[data-testid=key-row][data-key-name='console-user'][data-key-status=revoked]"
+    ).wait_for()
+
+    page.get_by_role("link", name="Playground").click()
+    fill_request(page, "a red fox in snow", size="512*512")
+    page.get_by_test_id("generate").click()
+    page.wait_for_selector("[data-testid=progress][data-state=failed]")
+    assert "InvalidApiKey" in message(page)
+
+
+def fail_a_task(service: InProcessService) -> str:
+    """Submit to the model no worker serves, then end it FAILED as its worker."""
+    with service.client() as client:
+        rsp = client.post(
+            SUBMIT_PATH,
+            headers={"X-DashScope-Async": "enable"},
+            json={"model": UNSERVED, "input": {"prompt": "a kite"}, "parameters": {"n": 1}},
+        )
+    task_id = rsp.json()["output"]["task_id"]
+    store = SqlStores.open(f"sqlite:///{service.path / 'imagesynth.db'}")
+    try:
+        task = store.queue.claim("test-worker", [UNSERVED], 30)
+        assert task is not None and task.id == task_id
+        failed = [ImageResult(code="InternalError.Timeout", message="The image timed out.")]
+        assert store.queue.finish(
+            task.id,
+            "test-worker",
+            task.attempts,
+            TaskStatus.FAILED,
+            failed,
+            "InternalError.Timeout",
+            "All images failed.",
+        )
+    finally:
+        store.close()
+    return str(task_id)
+
+
+def test_the_operator_sees_the_queue_and_recent_failures(
+    page: Any, service: InProcessService
+) -> None:
+    task_id = fail_a_task(service)
+    page.get_by_role("link", name="Queue").click()
+    enter_admin(page, service.admin_token)
+    unserved = page.locator(f"[data-testid=queue-row][data-model='{UNSERVED}']")
+    unserved.wait_for()
+    assert "none" in unserved.inner_text()  # no live worker for it
+    served = page.locator("[data-testid=queue-row][data-model='wan2.2-t2i-flash']")
+    assert "none" not in served.inner_text()
+    assert "wan2.2-t2i-flash" in page.get_by_test_id("worker-row").first.inner_text()
+    shot(page, "queue")
+
+    page.get_by_role("link", name="Failures").click()
+    row = page.locator("[data-testid=failure-row]", has_text=task_id)
+    row.wait_for()
+    assert row.get_attribute("data-code") == "InternalError.Timeout"
+    assert UNSERVED in row.inner_text() and "All images failed." in row.inner_text()
+    shot(page, "failures")
+
+
+def test_the_pages_load_nothing_from_elsewhere_and_set_a_strict_csp(
+    service: InProcessService, seen: Requests
+) -> None:
+    assert seen.urls, "the browser tests above made no request"
+    foreign = [u for u in seen.urls if not u.startswith((service.url + "/", "data:", "blob:"))]
+    assert foreign == []
+    assert not [e for e in seen.errors if "Content Security Policy" in e], seen.errors
+    with httpx.Client(base_url=service.url) as client:
+        for path in ("/", "/console/app.js", "/console/console.css"):
+            rsp = client.get(path)
+            assert rsp.status_code == 200, path
+            csp = rsp.headers["content-security-policy"]
+            assert "default-src 'self'" in csp and "script-src 'self'" in csp
+            assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+            assert "set-cookie" not in rsp.headers
+        assert client.get("/console/../pyproject.toml").status_code == 404
+        assert client.get("/console/nothing.js").status_code == 404
+        assert client.get("/console/api/models").json()["code"] == "InvalidApiKey"
