@@ -320,3 +320,40 @@ def test_the_pages_load_nothing_from_elsewhere_and_set_a_strict_csp(
         assert client.get("/console/../pyproject.toml").status_code == 404
         assert client.get("/console/nothing.js").status_code == 404
         assert client.get("/console/api/models").json()["code"] == "InvalidApiKey"
+
+
+def test_the_catalog_the_form_is_built_from(service: InProcessService) -> None:
+    with service.client() as client:
+        models = {m["name"]: m for m in client.get("/console/api/models").json()["models"]}
+    flash = models["wan2.2-t2i-flash"]
+    assert (flash["sizes"], flash["min_side"], flash["max_side"], flash["n_max"]) == (
+        [],
+        512,
+        1440,
+        4,
+    )
+    assert flash["styles"] == [] and not flash["reference_images"]
+    wanx = models["wanx-v1"]
+    assert "1024*1024" in wanx["sizes"] and "<watercolor>" in wanx["styles"]
+    assert wanx["reference_images"] and wanx["ref_modes"] == ["repaint", "refonly"]
+    assert "qwen-image-max" not in models  # served on the messages endpoint only
+
+
+def test_the_queue_and_failures_routes_take_the_admin_credential_only(
+    service: InProcessService,
+) -> None:
+    with service.client() as client:
+        for path in ("/admin/v1/queue", "/admin/v1/failures"):
+            rsp = client.get(path)
+            assert (rsp.status_code, rsp.json()["code"]) == (403, "AccessDenied"), path
+    with httpx.Client(
+        base_url=service.url, headers={"Authorization": f"Bearer {service.admin_token}"}
+    ) as client:
+        queue = client.get("/admin/v1/queue").json()
+        rows = {m["model"]: m for m in queue["models"]}
+        assert set(rows) == set(service.services.catalog.models)
+        assert rows[UNSERVED]["live_workers"] == 0 and rows["wan2.2-t2i-flash"]["live_workers"] == 1
+        assert [UNSERVED not in w["models"] for w in queue["workers"]] == [True]
+        for bad in ("0", "201", "x", "１"):
+            rsp = client.get("/admin/v1/failures", params={"limit": bad})
+            assert (rsp.status_code, rsp.json()["code"]) == (400, "InvalidParameter"), bad

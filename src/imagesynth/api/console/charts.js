@@ -15,6 +15,8 @@ function legend(names) {
   return el("div", { class: "legend" }, names.map((n, i) => el("span", { class: `swatch-${i % COLORS.length}` }, n)));
 }
 
+const widthOf = (node) => Math.max(280, Math.round(node.getBoundingClientRect().width) || 400);
+
 function niceMax(v) {
   if (v <= 0) return 1;
   const p = 10 ** Math.floor(Math.log10(v));
@@ -30,7 +32,8 @@ export function stackedBars(container, periods, series, { fmt = String, label = 
     container.append(el("p", { class: "hint" }, "Nothing in this period."));
     return;
   }
-  const W = 600, H = 240, left = 48, bottom = 40, top = 10;
+  // Drawn at the size shown, so that its text is as large as the page's.
+  const W = widthOf(container), H = 220, left = 44, bottom = 30, top = 10;
   const totals = periods.map((_, i) => names.reduce((s, n) => s + (series[n][i] || 0), 0));
   const max = niceMax(Math.max(...totals));
   const plotH = H - top - bottom;
@@ -56,7 +59,8 @@ export function stackedBars(container, periods, series, { fmt = String, label = 
         "data-model": n, "data-period": p, "data-value": v,
       }, svg("title", {}, `${n}, ${p}: ${fmt(v)}`)));
     });
-    if (periods.length <= 12 || i % Math.ceil(periods.length / 12) === 0) {
+    const every = Math.ceil(periods.length / Math.max(1, Math.floor((W - left) / 44)));
+    if (i % every === 0) {
       root.append(svg("text", { x: x + bar / 2, y: H - bottom + 16, "text-anchor": "middle" }, p.slice(5)));
     }
   });
@@ -70,7 +74,7 @@ export function rateBars(container, rows, { label = "" } = {}) {
     container.append(el("p", { class: "hint" }, "Nothing in this period."));
     return;
   }
-  const W = 600, row = 26, left = 170, H = rows.length * row + 10;
+  const W = widthOf(container), row = 26, left = Math.min(170, Math.round(W * 0.45)), H = rows.length * row + 10;
   const summary = rows.map((r) => `${r.name}: ${r.value === null ? "no finished tasks" : `${Math.round(r.value * 100)}%`}`).join("; ");
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${label}. ${summary}` });
   rows.forEach((r, i) => {
