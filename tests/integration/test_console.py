@@ -6,6 +6,9 @@ Screenshots go to test-artifacts/console/ at the repository root (printed at the
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -14,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from imagesynth.config import Settings
 from imagesynth.db import SqlStores
@@ -104,15 +108,34 @@ def message(page: Any) -> str:
 
 
 def watch_progress(page: Any) -> None:
-    """Record every state and value the progress bar takes from now on."""
+    """Record every state and value the progress bar takes from now on (see progress_seen)."""
     page.evaluate(
         """() => {
           const bar = document.querySelector('[data-testid=progress]');
-          window.progressSeen = [];
-          const note = () => window.progressSeen.push([bar.dataset.state, bar.value]);
-          new MutationObserver(note).observe(bar, {attributes: true});
+          window.progressSeen = {states: [], values: []};
+          new MutationObserver((records) => {
+            for (const r of records) {
+              if (r.attributeName === 'data-state') window.progressSeen.states.push(r.oldValue);
+              else window.progressSeen.values.push(Number(r.oldValue));
+            }
+          }).observe(bar, {attributeFilter: ['data-state', 'value'], attributeOldValue: true});
         }"""
     )
+
+
+def progress_seen(page: Any) -> tuple[list[str], list[int]]:
+    """The bar's states and values since watch_progress, each change once, the last included.
+    From each change's old value: the observer sees a batch of changes at once."""
+    seen = page.evaluate(
+        """() => { const bar = document.querySelector('[data-testid=progress]');
+          return [[...window.progressSeen.states, bar.dataset.state],
+                  [...window.progressSeen.values, bar.value]]; }"""
+    )
+
+    def changes(items: list[Any]) -> list[Any]:
+        return [v for i, v in enumerate(items) if i == 0 or v != items[i - 1]]
+
+    return changes(seen[0])[1:], [int(v) for v in changes(seen[1])[1:]]
 
 
 def fill_request(page: Any, prompt: str, *, size: str, steps: int | None = None) -> None:
@@ -150,13 +173,11 @@ def test_a_new_user_makes_an_image_and_finds_it_in_the_gallery(
     watch_progress(page)
     assert generate(page) == (768, 512)
 
-    states = page.evaluate("window.progressSeen")
-    print("progress bar:", states)
-    assert states[-1] == ["done", 100], states
-    names = [s for s, _ in states]
-    assert "running" in names or "pending" in names, states
-    running = [v for s, v in states if s == "running"]
-    assert running == sorted(running), f"the bar went back: {states}"
+    states, values = progress_seen(page)
+    print("progress bar:", states, values)
+    assert states[-1] == "done" and values[-1] == 100, (states, values)
+    assert "running" in states or "pending" in states, states
+    assert values == sorted(values) and len(values) >= 3, f"the bar did not move on: {values}"
     assert page.get_by_test_id("progress").get_attribute("data-state") == "done"
     assert "Seed: 7" in page.get_by_test_id("results").inner_text()
     task_id = page.get_by_test_id("progress").get_attribute("data-task-id")
@@ -357,3 +378,135 @@ def test_the_queue_and_failures_routes_take_the_admin_credential_only(
         for bad in ("0", "201", "x", "１"):
             rsp = client.get("/admin/v1/failures", params={"limit": bad})
             assert (rsp.status_code, rsp.json()["code"]) == (400, "InvalidParameter"), bad
+
+
+def jpeg_data_url() -> str:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 120, 40)).save(out, format="JPEG")
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode()
+
+
+def test_the_progress_stream_feeds_the_bar_and_its_previews(
+    page: Any, service: InProcessService
+) -> None:
+    """The stream's contract (GET /api/v1/tasks/{id}/events: status, progress with previews,
+    then result), served here by the browser's request interception over the real task."""
+    asked: dict[str, str] = {}
+
+    def events(route: Any) -> None:
+        request = route.request
+        asked.update(url=request.url, authorization=request.headers.get("authorization", ""))
+        task_id = request.url.split("/tasks/")[1].split("/")[0]
+        reply = service.wait(task_id)
+        frames = [
+            ("status", {"task_id": task_id, "task_status": "RUNNING"}),
+            (
+                "progress",
+                {
+                    "task_id": task_id,
+                    "task_status": "RUNNING",
+                    "step": 1,
+                    "steps": 4,
+                    "preview": jpeg_data_url(),
+                },
+            ),
+            ("progress", {"task_id": task_id, "task_status": "RUNNING", "step": 3, "steps": 4}),
+            ("result", reply),
+        ]
+        body = "".join(f"event: {e}\ndata: {json.dumps(d)}\n\n" for e, d in frames)
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+
+    page.route("**/api/v1/tasks/*/events*", events)
+    # By keyboard: the key, then Enter submits its form.
+    page.get_by_test_id("api-key").press_sequentially(service.key)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("[data-testid=model] option[value='wan2.2-t2i-flash']", state="attached")
+    fill_request(page, "a paper boat", size="640*640")
+    watch_progress(page)
+    page.evaluate(
+        """() => {
+          const img = document.querySelector('[data-testid=preview]');
+          window.previewsSeen = [];
+          new MutationObserver(() => window.previewsSeen.push(img.src.slice(0, 23)))
+            .observe(img, {attributes: true, attributeFilter: ['src']});
+        }"""
+    )
+    page.get_by_test_id("generate").focus()
+    page.keyboard.press("Enter")
+    page.get_by_test_id("result-image").wait_for()
+    assert asked["authorization"] == f"Bearer {service.key}"
+    assert "previews=true" in asked["url"]
+    states, values = progress_seen(page)
+    assert states == ["submitting", "pending", "running", "done"], states
+    assert values == [1, 2, 5, 28, 73, 100], values  # RUNNING, step 1/4, step 3/4, the result
+    assert page.evaluate("window.previewsSeen") == ["data:image/jpeg;base64,"]
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 90, 160)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_wanx_v1_with_a_style_and_an_uploaded_reference(
+    page: Any, service: InProcessService
+) -> None:
+    enter_key(page, service.key)
+    page.wait_for_selector("[data-testid=model] option[value='wanx-v1']", state="attached")
+    page.get_by_test_id("model").select_option("wanx-v1")
+    assert (
+        page.get_by_test_id("style").is_visible() and page.get_by_test_id("ref-file").is_visible()
+    )
+    page.get_by_test_id("size").select_option("720*1280")
+    page.get_by_test_id("prompt").fill("a cat on a sofa")
+    page.get_by_test_id("style").select_option("<watercolor>")
+    page.get_by_test_id("ref-file").set_input_files(
+        {"name": "photo.png", "mimeType": "image/png", "buffer": png_bytes(320, 320)}
+    )
+    page.get_by_test_id("ref-mode").select_option("refonly")
+    snippet = page.get_by_test_id("snippet").inner_text()
+    assert (
+        'style="<watercolor>"' in snippet
+        and "ref_img=" in snippet
+        and 'ref_mode="refonly"' in snippet
+    )
+    # Every control a person can reach has a label.
+    unlabeled = page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea, button')]
+          .filter(e => e.offsetParent !== null && e.type !== 'hidden')
+          .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                       && !e.textContent.trim())
+          .map(e => e.id || e.outerHTML.slice(0, 60))"""
+    )
+    assert unlabeled == []
+    assert generate(page) == (720, 1280)
+
+
+def test_the_gallery_cancels_a_waiting_task_and_says_which_expired(
+    page: Any, service: InProcessService
+) -> None:
+    with service.client() as client:
+        rsp = client.post(
+            SUBMIT_PATH,
+            headers={"X-DashScope-Async": "enable"},
+            json={"model": UNSERVED, "input": {"prompt": "a kite"}, "parameters": {"n": 1}},
+        )
+    waiting = rsp.json()["output"]["task_id"]
+    gone = "00000000-0000-4000-8000-000000000000"
+    page.evaluate(
+        """(id) => sessionStorage.setItem('imagesynth.requests', JSON.stringify({[id]: {at: 1,
+          body: {model: 'wan2.2-t2i-flash', input: {prompt: 'old'}, parameters: {}}}}))""",
+        gone,
+    )
+    enter_key(page, service.key)
+    page.get_by_role("link", name="Gallery").click()
+    item = page.locator(f"[data-testid=gallery-item][data-task-id='{waiting}']")
+    item.wait_for()
+    assert item.get_attribute("data-status") == "PENDING"
+    expired = page.locator(f"[data-testid=gallery-item][data-task-id='{gone}']")
+    assert expired.get_attribute("data-status") == "EXPIRED" and "Expired" in expired.inner_text()
+    item.get_by_test_id("cancel-task").click()
+    page.locator(
+        f"[data-testid=gallery-item][data-task-id='{waiting}'][data-status=CANCELED]"
+    ).wait_for()
+    assert service.query(waiting)["output"]["task_status"] == "CANCELED"
