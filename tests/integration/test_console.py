@@ -61,7 +61,8 @@ class Requests:
 
     def __init__(self) -> None:
         self.urls: list[str] = []
-        self.errors: list[str] = []
+        self.errors: list[str] = []  # console errors (a refused request logs one, too)
+        self.exceptions: list[str] = []  # uncaught in the page's scripts
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def page(browser: Any, service: InProcessService, seen: Requests) -> Iterator[An
     tab.set_default_timeout(TIMEOUT_MS)
     tab.on("request", lambda r: seen.urls.append(r.url))
     tab.on("console", lambda m: seen.errors.append(m.text) if m.type == "error" else None)
-    tab.on("pageerror", lambda e: seen.errors.append(str(e)))
+    tab.on("pageerror", lambda e: seen.exceptions.append(str(e)))
     tab.goto(service.url + "/")
     tab.wait_for_selector("body[data-ready=true]")
     yield tab
@@ -248,6 +249,17 @@ def test_the_operator_creates_a_key_sees_its_usage_and_revokes_it(
     assert not page.get_by_test_id("new-secret").is_visible()
     assert secret not in page.content()
 
+    page.get_by_role("link", name="Keys").click()
+    row.get_by_role("button", name="Set limits of key console-user").click()
+    page.locator("#edit-pending").fill("5")
+    page.locator("#edit-model").select_option("wan2.2-t2i-flash")
+    page.locator("#edit-inflight").fill("3")
+    page.get_by_test_id("save-limits").click()
+    page.locator(
+        "[data-testid=key-row][data-key-name='console-user']", has_text="5 waiting"
+    ).wait_for()
+    assert "wan2.2-t2i-flash: in_flight 3" in row.inner_text()
+
     page.get_by_role("link", name="Usage").click()
     usage = page.locator("[data-testid=usage-row][data-model='wan2.2-t2i-flash']")
     usage.wait_for()
@@ -321,26 +333,6 @@ def test_the_operator_sees_the_queue_and_recent_failures(
     assert row.get_attribute("data-code") == "InternalError.Timeout"
     assert UNSERVED in row.inner_text() and "All images failed." in row.inner_text()
     shot(page, "failures")
-
-
-def test_the_pages_load_nothing_from_elsewhere_and_set_a_strict_csp(
-    service: InProcessService, seen: Requests
-) -> None:
-    assert seen.urls, "the browser tests above made no request"
-    foreign = [u for u in seen.urls if not u.startswith((service.url + "/", "data:", "blob:"))]
-    assert foreign == []
-    assert not [e for e in seen.errors if "Content Security Policy" in e], seen.errors
-    with httpx.Client(base_url=service.url) as client:
-        for path in ("/", "/console/app.js", "/console/console.css"):
-            rsp = client.get(path)
-            assert rsp.status_code == 200, path
-            csp = rsp.headers["content-security-policy"]
-            assert "default-src 'self'" in csp and "script-src 'self'" in csp
-            assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
-            assert "set-cookie" not in rsp.headers
-        assert client.get("/console/../pyproject.toml").status_code == 404
-        assert client.get("/console/nothing.js").status_code == 404
-        assert client.get("/console/api/models").json()["code"] == "InvalidApiKey"
 
 
 def test_the_catalog_the_form_is_built_from(service: InProcessService) -> None:
@@ -510,3 +502,29 @@ def test_the_gallery_cancels_a_waiting_task_and_says_which_expired(
         f"[data-testid=gallery-item][data-task-id='{waiting}'][data-status=CANCELED]"
     ).wait_for()
     assert service.query(waiting)["output"]["task_status"] == "CANCELED"
+
+
+def test_the_console_pages_set_a_strict_csp_and_no_cookie(service: InProcessService) -> None:
+    with httpx.Client(base_url=service.url) as client:
+        for path in ("/", "/console/app.js", "/console/console.css"):
+            rsp = client.get(path)
+            assert rsp.status_code == 200, path
+            csp = rsp.headers["content-security-policy"]
+            assert "default-src 'self'" in csp and "script-src 'self'" in csp
+            assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+            assert rsp.headers["x-content-type-options"] == "nosniff"
+            assert "set-cookie" not in rsp.headers
+        assert client.get("/console/../pyproject.toml").status_code == 404
+        assert client.get("/console/nothing.js").status_code == 404
+        assert client.get("/console/api/models").json()["code"] == "InvalidApiKey"
+
+
+def test_the_pages_asked_nothing_of_another_origin(
+    browser: Any, service: InProcessService, seen: Requests
+) -> None:
+    """Last in the module: every request the browser tests above made, and their console."""
+    assert len(seen.urls) > 20, seen.urls
+    foreign = [u for u in seen.urls if not u.startswith((service.url + "/", "data:", "blob:"))]
+    assert foreign == []
+    assert not [e for e in seen.errors if "Content Security Policy" in e], seen.errors
+    assert seen.exceptions == []

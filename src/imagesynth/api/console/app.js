@@ -96,6 +96,7 @@ function init() {
   setupPlayground();
   setupOperator(useNewKey);
   $("#gallery-refresh").addEventListener("click", () => loadGallery().catch((e) => showMessage(explain(e))));
+  $("#gallery-more").addEventListener("click", () => loadGallery({ more: true }).catch((e) => showMessage(explain(e))));
   window.addEventListener("hashchange", showPage);
   describeCredentials();
   showPage();

@@ -1,31 +1,56 @@
 // The gallery: this key's tasks of the last 24 h (GET /api/v1/tasks), each queried for its
 // images; cancel for PENDING ones, and "use these settings again" for requests this tab made.
-import { cancelTask, explain, getTask, user } from "./api.js";
+import { ApiError, cancelTask, explain, getTask, user } from "./api.js";
 import { applySettings, rememberedRequests } from "./playground.js";
 import { $, el, fmtTime, showMessage } from "./ui.js";
 
-const PAGE_SIZE = 50;
+const PAGE_SIZE = 24;
+const QUERY_GAP_MS = 120; // queries share the key's query rate (20/s) with everything else
+let shown = PAGE_SIZE;
 
-async function inBatches(items, size, fn) {
-  const out = [];
-  for (let i = 0; i < items.length; i += size) out.push(...(await Promise.all(items.slice(i, i + size).map(fn))));
-  return out;
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A task's reply, paced, retried after a 429; null when it cannot be had. */
+async function details(id) {
+  for (let attempt = 0; attempt < 4; attempt++) {
+    try {
+      return await getTask(id);
+    } catch (err) {
+      if (!(err instanceof ApiError) || err.status !== 429) return null;
+      await sleep(500 * (attempt + 1));
+    }
+  }
+  return null;
 }
 
-export async function loadGallery() {
-  const list = await user(`/api/v1/tasks?page_size=${PAGE_SIZE}`);
+export async function loadGallery({ more = false } = {}) {
+  shown = more ? shown + PAGE_SIZE : PAGE_SIZE;
+  const list = await user(`/api/v1/tasks?page_size=${Math.min(shown, 100)}`);
   const items = list.data || [];
-  const replies = await inBatches(items, 6, (t) => getTask(t.task_id).catch(() => null));
+  // Only ended tasks have images or an error to show; the list says enough of the others.
+  const replies = [];
+  for (const t of items) {
+    if (["SUCCEEDED", "FAILED"].includes(t.status)) {
+      replies.push(await details(t.task_id));
+      await sleep(QUERY_GAP_MS);
+    } else replies.push(undefined);
+  }
   const remembered = rememberedRequests();
   const listed = new Set(items.map((t) => t.task_id));
   const cards = items.map((t, i) => card(t, replies[i], remembered[t.task_id]));
-  // Tasks this tab made that the service no longer lists: past retention, deleted with their files.
-  for (const [id, r] of Object.entries(remembered)) {
-    if (!listed.has(id)) cards.push(expiredCard(id, r));
+  // Tasks this tab made that the list leaves out: on a later page, or past retention and
+  // deleted with their files, which their query (UNKNOWN) tells.
+  const unlisted = Object.entries(remembered).filter(([id]) => !listed.has(id)).slice(0, 10);
+  for (const [id, r] of unlisted) {
+    const reply = await details(id);
+    if (reply && reply.output.task_status === "UNKNOWN") cards.push(expiredCard(id, r));
   }
   const gallery = $("#gallery");
   gallery.replaceChildren(...cards);
   if (!cards.length) gallery.append(el("li", { class: "hint" }, "No tasks in the last 24 h."));
+  const moreButton = $("#gallery-more");
+  moreButton.hidden = list.total <= items.length || items.length >= 100;
+  $("#gallery-count").textContent = `${items.length} of ${list.total} tasks`;
 }
 
 function expiredCard(id, remembered) {
@@ -38,7 +63,8 @@ function expiredCard(id, remembered) {
 }
 
 function card(item, reply, remembered) {
-  const out = reply ? reply.output : { task_status: "UNKNOWN" };
+  // reply: undefined (not asked: no images yet), null (could not be had), or the task's reply.
+  const out = reply ? reply.output : { task_status: item.status };
   const status = out.task_status === "UNKNOWN" ? "EXPIRED" : item.status;
   const body = remembered ? remembered.body : null;
   const size = body ? body.parameters.size : (reply && reply.usage && reply.usage.size) || "";
@@ -80,6 +106,7 @@ function card(item, reply, remembered) {
     el("div", { class: "meta" }, `Submitted ${fmtTime(item.gmt_create)}`,
       item.end_time ? ` · ended ${fmtTime(item.end_time)}` : ""),
     status === "EXPIRED" ? el("p", { class: "meta" }, "Expired: the service has deleted this task.") : null,
+    reply === null ? el("p", { class: "meta" }, "Its images could not be loaded just now: press Refresh.") : null,
     out.task_status === "FAILED" ? el("div", { class: "meta status-FAILED" }, `${out.code}: ${out.message}`) : null,
     thumbs, links, buttons, details);
 }
