@@ -10,6 +10,8 @@ import base64
 import io
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -25,6 +27,7 @@ from imagesynth.domain import TaskStatus
 from imagesynth.tasks.models import ImageResult
 from tests.browser import headless_chromium
 from tests.integration.api_client import SUBMIT_PATH
+from tests.integration.conftest import clean_environment
 from tests.integration.inprocess import InProcessService, open_service
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
@@ -162,6 +165,34 @@ def generate(page: Any) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def copied_code_makes_the_same_request(page: Any, service: InProcessService) -> None:
+    """ "Copy as": the Python snippet run as it is makes the same image; curl's submits it."""
+    env = {**clean_environment(), "DASHSCOPE_API_KEY": service.key}
+    python = page.get_by_test_id("snippet").inner_text()
+    assert service.key not in python
+    out = subprocess.run(
+        [sys.executable, "-c", python], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    url = out.stdout.strip().splitlines()[-1]
+    assert url.startswith(service.url + "/files/"), out.stdout
+    with httpx.Client() as client:
+        image = Image.open(io.BytesIO(client.get(url).content))
+    assert image.size == (768, 512)
+
+    page.get_by_role("tab", name="curl").click()
+    curl = page.get_by_test_id("snippet").inner_text()
+    assert curl.startswith("curl -s") and service.key not in curl
+    submit = curl.split("\n# ->")[0]
+    out = subprocess.run(["bash", "-c", submit], env=env, capture_output=True, text=True)
+    assert json.loads(out.stdout)["output"]["task_status"] == "PENDING", out
+    page.get_by_role("tab", name="OpenAI SDK").click()
+    openai = page.get_by_test_id("snippet").inner_text()
+    assert f'base_url="{service.url}/v1"' in openai
+    assert 'size="768x512"' in openai and 'extra_body={"seed": 7, "steps": 60' in openai
+    page.get_by_role("tab", name="Python SDK").click()
+
+
 def test_a_new_user_makes_an_image_and_finds_it_in_the_gallery(
     page: Any, service: InProcessService
 ) -> None:
@@ -183,6 +214,7 @@ def test_a_new_user_makes_an_image_and_finds_it_in_the_gallery(
     assert "Seed: 7" in page.get_by_test_id("results").inner_text()
     task_id = page.get_by_test_id("progress").get_attribute("data-task-id")
     shot(page, "playground")
+    copied_code_makes_the_same_request(page, service)
 
     page.get_by_role("link", name="Gallery").click()
     item = page.locator(f"[data-testid=gallery-item][data-task-id='{task_id}']")

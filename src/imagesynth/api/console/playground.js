@@ -198,7 +198,7 @@ function showResults(reply, body) {
           el("a", { href: r.url, download: `${out.task_id}-${i}.png` }, "Download"))));
     });
   } else if (out.task_status === "FAILED") {
-    setProgress("failed", 0, `Failed: ${out.code}`);
+    setProgress("failed", 0, `Failed: ${out.code}: ${out.message}`);
     showMessage(`${out.code}: ${out.message}`);
   } else {
     setProgress("idle", 0, `Task ${out.task_status}.`);
@@ -237,7 +237,7 @@ async function generate(event) {
     const reply = await followTask(id, showUpdate, controller.signal);
     if (running === controller) showResults(reply, body);
   } catch (err) {
-    setProgress("failed", 0, "Refused.");
+    setProgress("failed", 0, `Refused: ${explain(err)}`);
     showMessage(explain(err));
   } finally {
     if (running === controller) running = null;
