@@ -529,6 +529,9 @@ def test_the_gallery_cancels_a_waiting_task_and_says_which_expired(
     assert item.get_attribute("data-status") == "PENDING"
     expired = page.locator(f"[data-testid=gallery-item][data-task-id='{gone}']")
     assert expired.get_attribute("data-status") == "EXPIRED" and "Expired" in expired.inner_text()
+    # Tasks made elsewhere (the other tests' tabs, the SDK) show their size from their image.
+    made_elsewhere = page.locator("[data-testid=gallery-item][data-status=SUCCEEDED]").first
+    made_elsewhere.locator("[data-testid=gallery-size]", has_text="*").wait_for()
     item.get_by_test_id("cancel-task").click()
     page.locator(
         f"[data-testid=gallery-item][data-task-id='{waiting}'][data-status=CANCELED]"
@@ -549,6 +552,16 @@ def test_the_console_pages_set_a_strict_csp_and_no_cookie(service: InProcessServ
         assert client.get("/console/../pyproject.toml").status_code == 404
         assert client.get("/console/nothing.js").status_code == 404
         assert client.get("/console/api/models").json()["code"] == "InvalidApiKey"
+        # No CORS: another site's script can neither send a key nor read a reply.
+        preflight = client.options(
+            SUBMIT_PATH,
+            headers={
+                "Origin": "https://elsewhere.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+        assert "access-control-allow-origin" not in preflight.headers
 
 
 def test_the_pages_asked_nothing_of_another_origin(

@@ -68,6 +68,7 @@ function card(item, reply, remembered) {
   const status = out.task_status === "UNKNOWN" ? "EXPIRED" : item.status;
   const body = remembered ? remembered.body : null;
   const size = body ? body.parameters.size : (reply && reply.usage && reply.usage.size) || "";
+  const sizeSlot = el("span", { "data-testid": "gallery-size" }, size ? ` · ${size}` : "");
   const thumbs = el("div", { class: "thumbs" });
   const links = el("div", { class: "meta" });
   (out.results || []).forEach((r, i) => {
@@ -76,6 +77,10 @@ function card(item, reply, remembered) {
     img.addEventListener("error", () => {
       img.replaceWith(el("span", { class: "status status-EXPIRED" }, "image expired"));
     }, { once: true });
+    if (!size && i === 0) {
+      // Not made from this tab: the image itself says its size (always the one requested).
+      img.addEventListener("load", () => { sizeSlot.textContent = ` · ${img.naturalWidth}*${img.naturalHeight}`; }, { once: true });
+    }
     thumbs.append(el("a", { href: r.url, target: "_blank", rel: "noopener", title: "Full image" }, img));
     links.append(el("a", { href: r.url, download: `${item.task_id}-${i}.png` }, `Download ${i + 1}`), " ");
   });
@@ -101,7 +106,7 @@ function card(item, reply, remembered) {
     el("pre", {}, JSON.stringify(body || { model: item.model_name, input: prompt ? { prompt } : {} }, null, 2)));
   return el("li", { "data-testid": "gallery-item", "data-task-id": item.task_id, "data-status": status },
     el("div", { class: `status status-${status}` }, status),
-    el("div", {}, el("strong", {}, item.model_name), size ? ` · ${size}` : ""),
+    el("div", {}, el("strong", {}, item.model_name), sizeSlot),
     prompt ? el("div", { class: "meta" }, prompt) : null,
     el("div", { class: "meta" }, `Submitted ${fmtTime(item.gmt_create)}`,
       item.end_time ? ` · ended ${fmtTime(item.end_time)}` : ""),
