@@ -564,6 +564,21 @@ def test_the_console_pages_set_a_strict_csp_and_no_cookie(service: InProcessServ
         assert "access-control-allow-origin" not in preflight.headers
 
 
+def test_a_waiting_task_is_cancelled_from_the_playground(
+    page: Any, service: InProcessService
+) -> None:
+    enter_key(page, service.key)
+    page.wait_for_selector(f"[data-testid=model] option[value='{UNSERVED}']", state="attached")
+    page.get_by_test_id("model").select_option(UNSERVED)
+    page.get_by_test_id("prompt").fill("a kite that waits")
+    page.get_by_test_id("size").fill("512*512")
+    page.get_by_test_id("generate").click()
+    page.get_by_test_id("cancel-run").click()
+    page.wait_for_selector("[data-testid=progress][data-state=canceled]")
+    assert page.get_by_test_id("task-status").inner_text() == "Task CANCELED."
+    assert not page.get_by_test_id("cancel-run").is_visible()
+
+
 def test_the_pages_asked_nothing_of_another_origin(
     browser: Any, service: InProcessService, seen: Requests
 ) -> None:

@@ -1,6 +1,6 @@
 // The playground: a form built from the catalog's rules, submitted through the public API,
 // followed to its end with a progress bar, its images shown with their seed and actual_prompt.
-import { explain, followTask, submit, uploadReference, user } from "./api.js";
+import { cancelTask, explain, followTask, submit, uploadReference, user } from "./api.js";
 import { SNIPPETS } from "./snippets.js";
 import { $, clearMessage, el, setBusy, showMessage } from "./ui.js";
 
@@ -163,6 +163,7 @@ function setProgress(state, value, text) {
 }
 
 function showUpdate(u) {
+  $("#cancel-run").hidden = u.status !== "PENDING"; // the API cancels waiting tasks only
   if (u.status === "PENDING") setProgress("pending", 2, "Waiting in the queue…");
   else if (u.status === "RUNNING") {
     const frac = u.steps ? Math.min(u.step / u.steps, 1) : 0;
@@ -177,6 +178,7 @@ function showUpdate(u) {
 
 function showResults(reply, body) {
   const out = reply.output;
+  $("#cancel-run").hidden = true;
   const box = $("#results");
   box.replaceChildren();
   $("#preview").hidden = true;
@@ -201,7 +203,7 @@ function showResults(reply, body) {
     setProgress("failed", 0, `Failed: ${out.code}: ${out.message}`);
     showMessage(`${out.code}: ${out.message}`);
   } else {
-    setProgress("idle", 0, `Task ${out.task_status}.`);
+    setProgress(out.task_status === "CANCELED" ? "canceled" : "idle", 0, `Task ${out.task_status}.`);
   }
 }
 
@@ -237,6 +239,7 @@ async function generate(event) {
     const reply = await followTask(id, showUpdate, controller.signal);
     if (running === controller) showResults(reply, body);
   } catch (err) {
+    $("#cancel-run").hidden = true;
     setProgress("failed", 0, `Refused: ${explain(err)}`);
     showMessage(explain(err));
   } finally {
@@ -245,7 +248,18 @@ async function generate(event) {
   }
 }
 
+async function cancelRun() {
+  const id = $("#progress").dataset.taskId;
+  if (!id) return;
+  try {
+    await cancelTask(id);
+  } catch (err) {
+    showMessage(explain(err)); // it may have started meanwhile: only waiting tasks cancel
+  }
+}
+
 export function setupPlayground() {
+  $("#cancel-run").addEventListener("click", cancelRun);
   $("#gen-form").addEventListener("submit", generate);
   $("#model").addEventListener("change", adaptForm);
   $("#gen-form").addEventListener("input", (e) => { if (e.target.id === "prompt") updateCount(); updateSnippet(); });
