@@ -231,7 +231,11 @@ async function generate(event) {
       body.input.ref_img = await uploadReference(body.model, $("#ref_file").files[0]);
       oss = true;
     }
-    const created = await submit(body, { oss });
+    // Previews while it runs (the progress stream carries them); not part of "Copy as".
+    const created = await submit(
+      { ...body, parameters: { ...body.parameters, partial_images: 3 } },
+      { oss },
+    );
     const id = created.output.task_id;
     remember(id, body);
     $("#progress").dataset.taskId = id;
