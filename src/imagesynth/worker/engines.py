@@ -19,6 +19,7 @@ from imagesynth.engine.diffusers.demo import (
     IP_ADAPTER_WEIGHT_NAME,
 )
 from imagesynth.engine.registry import create_engine
+from imagesynth.weights.fit import Fit, check_fit, estimate, load_dtype
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,22 @@ def engine_spec(spec: ModelSpec, demo_root: Path) -> EngineSpec:
             cache_threshold=spec.cache_threshold,
         ),
     )
+
+
+def fit_for(spec: ModelSpec, demo_root: Path, budget: int | None = None) -> Fit:
+    """Whether the weights a model runs fit its device's free memory, or `budget` bytes when
+    one is stated (IMAGESYNTH_GPU_MEMORY_GB): weights/fit.py has the policy."""
+    from imagesynth.engine.diffusers.pipelines import free_memory, resolve_device
+
+    folder = Path(engine_spec(spec, demo_root).weights)
+    if not folder.is_dir():
+        return check_fit(None, None, spec.offload, "weights not on this machine yet")
+    device = resolve_device(spec.device)
+    free = budget if budget is not None else free_memory(device)
+    if free is None:
+        return check_fit(None, None, spec.offload, f"{device}: no GPU memory to hold it against")
+    dtype = load_dtype(spec.dtype, spec.family, on_gpu=device != "cpu")
+    return check_fit(estimate(folder, spec.family, dtype), free, spec.offload)
 
 
 class Engines:

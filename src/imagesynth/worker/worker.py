@@ -39,7 +39,7 @@ from imagesynth.storage.blobs import BlobStore
 from imagesynth.tasks.metrics import Metrics
 from imagesynth.tasks.models import ImageResult, Task
 from imagesynth.tasks.ports import TaskEvents, TaskQueue, WorkerPresence
-from imagesynth.worker.engines import Engines
+from imagesynth.worker.engines import Engines, fit_for
 from imagesynth.worker.postprocess import Generated, PostProcessing, Steps, process_inline
 from imagesynth.worker.references import reference_start, reference_style
 
@@ -118,13 +118,16 @@ class Worker:
         postprocess_queue: int = 2,
         presence: WorkerPresence | None = None,
         metrics: Metrics | None = None,
+        memory_budget: int | None = None,
     ) -> None:
         """guard: a local guard model asked about each task's prompt before generation (a
         remote one screens at submit instead). events: wake-ups when tasks may be claimable
         (without: polling every `poll_seconds`). postprocess_threads: post-processing jobs at
         once; postprocess_queue: tasks whose images may wait for post-processing (the memory
         bound). presence: where the heartbeat says this worker is alive (/ready reads it);
-        metrics: the process's registry (by default one of its own)."""
+        metrics: the process's registry (by default one of its own). memory_budget: bytes of
+        GPU memory to hold each model's weights against, instead of what the device has free
+        (weights/fit.py)."""
         self.queue = queue
         self.blobs = blobs
         self.catalog = catalog
@@ -142,6 +145,7 @@ class Worker:
         self.postprocess_queue = postprocess_queue
         self.presence = presence
         self.metrics = metrics or Metrics()
+        self.memory_budget = memory_budget
         self.metrics.count_pipelines(self.engines.loaded_count)
         self.calls = 0  # engine calls made (a batch of tasks is one)
         self._cancel_requested: set[str] = set()
@@ -166,16 +170,31 @@ class Worker:
                 # Its verdicts are errors from now on; IMAGESYNTH_GUARD_FAIL decides them.
                 log.exception("prompt guard failed to load")
         demo = [m for m in self.models if self.catalog.get(m).is_demo]
-        if not demo:
-            return
-        from imagesynth.engine.diffusers.demo import build_demo_weights
+        if demo:
+            from imagesynth.engine.diffusers.demo import build_demo_weights
 
-        log.warning(
-            "models %s use DEMO weights: tiny random-weight pipelines whose images are noise. "
-            "Point the catalog at real weights to get real images.",
-            ", ".join(demo),
-        )
-        build_demo_weights(self.demo_root)
+            log.warning(
+                "models %s use DEMO weights: tiny random-weight pipelines whose images are "
+                "noise. `imagesynth models pull MODEL` fetches real ones (see README).",
+                ", ".join(demo),
+            )
+            build_demo_weights(self.demo_root)
+        self.check_fits()
+
+    def check_fits(self) -> list[str]:
+        """Hold each served model's weights against the GPU memory (weights/fit.py), and stop
+        serving those that cannot fit: their tasks stay PENDING for a worker with a larger
+        GPU, rather than failing with out-of-memory in the first one. The refused models."""
+        refused = []
+        for name in self.models:
+            fit = fit_for(self.catalog.get(name), self.demo_root, self.memory_budget)
+            if fit.servable:
+                log.info("model %s: %s", name, fit.describe())
+            else:
+                log.error("model %s: %s; this worker does not serve it", name, fit.describe())
+                refused.append(name)
+        self.models = [m for m in self.models if m not in refused]
+        return refused
 
     # -- loop -----------------------------------------------------------------------------
 
@@ -193,6 +212,9 @@ class Worker:
 
             threading.Thread(target=relay, name="stop-relay", daemon=True).start()
         self.prepare()
+        if not self.models:
+            log.error("worker %s: no model it was given fits this device; stopping", self.worker_id)
+            return
         self._announce()  # ready as soon as the models are servable, not a beat later
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
