@@ -61,12 +61,12 @@ def _torch_checks() -> Iterator[Check]:
     cuda = torch.version.cuda
     build = f"CUDA {cuda} build" if cuda else "CPU build"
     yield Check("OK", "torch", f"{torch.__version__} ({build})")
-    try:
-        import diffusers
+    from importlib.metadata import PackageNotFoundError, version
 
-        yield Check("OK", "diffusers", diffusers.__version__)
-    except ImportError as exc:
-        yield Check("FAIL", "diffusers", f"not importable ({exc})", "scripts/setup.sh")
+    try:  # its version, without the seconds an import of diffusers takes
+        yield Check("OK", "diffusers", version("diffusers"))
+    except PackageNotFoundError:
+        yield Check("FAIL", "diffusers", "not installed", "scripts/setup.sh")
     if not torch.cuda.is_available():
         fix = CUDA_SETUP if not cuda else "check nvidia-smi and CUDA_VISIBLE_DEVICES"
         yield Check("WARN", "gpu", "no CUDA GPU visible: models run on the CPU (slowly)", fix)

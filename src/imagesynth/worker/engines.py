@@ -74,18 +74,27 @@ def engine_spec(spec: ModelSpec, demo_root: Path) -> EngineSpec:
 
 
 def fit_for(spec: ModelSpec, demo_root: Path, budget: int | None = None) -> Fit:
-    """Whether the weights a model runs fit its device's free memory, or `budget` bytes when
-    one is stated (IMAGESYNTH_GPU_MEMORY_GB): weights/fit.py has the policy."""
-    from imagesynth.engine.diffusers.pipelines import free_memory, resolve_device
-
+    """Whether the weights a model runs fit its device's free memory (weights/fit.py has the
+    policy). With a stated `budget` (bytes of GPU memory: IMAGESYNTH_GPU_MEMORY_GB), the
+    model is held against it as it loads on a GPU, unless its device is "cpu"; no GPU is
+    asked, so this also runs where there is none."""
     folder = Path(engine_spec(spec, demo_root).weights)
     if not folder.is_dir():
         return check_fit(None, None, spec.offload, "weights not on this machine yet")
-    device = resolve_device(spec.device)
-    free = budget if budget is not None else free_memory(device)
-    if free is None:
-        return check_fit(None, None, spec.offload, f"{device}: no GPU memory to hold it against")
-    dtype = load_dtype(spec.dtype, spec.family, on_gpu=device != "cpu")
+    if budget is not None:
+        free: int | None = budget
+        on_gpu = spec.device != "cpu"
+    else:
+        from imagesynth.engine.diffusers.pipelines import free_memory, resolve_device
+
+        device = resolve_device(spec.device)
+        free = free_memory(device)
+        if free is None:
+            return check_fit(
+                None, None, spec.offload, f"{device}: no GPU memory to hold it against"
+            )
+        on_gpu = True
+    dtype = load_dtype(spec.dtype, spec.family, on_gpu=on_gpu)
     return check_fit(estimate(folder, spec.family, dtype), free, spec.offload)
 
 
