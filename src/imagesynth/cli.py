@@ -390,7 +390,7 @@ def models_pull(
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    from imagesynth.catalog import Catalog, CatalogError
+    from imagesynth.catalog import AUTO_WEIGHTS, Catalog, CatalogError
     from imagesynth.domain import Family
     from imagesynth.errors import ModelNotFound
 
@@ -424,6 +424,12 @@ def models_pull(
             failed += 1
             continue
         print(f"{repo}: ready at {path} for {', '.join(served)}")
+        for name in served:
+            if catalog.get(name).weights != AUTO_WEIGHTS:
+                print(
+                    f"note: {name} has weights = {catalog.get(name).weights!r} in the catalog; "
+                    'weights = "auto" (the default) would use this repo'
+                )
     if repos and not failed:
         print("Restart `imagesynth serve` / `imagesynth worker` to use them.")
     if failed:

@@ -230,13 +230,15 @@ def _hub_call(repo: str, call: Callable[[], T]) -> T:
         raise HubUnreachable(
             "HF_HUB_OFFLINE is set: unset it to download (or copy the weights into the cache)"
         ) from None
-    except (httpx2.TransportError, OSError) as exc:
-        if isinstance(exc, HfHubHTTPError):
-            raise PullError(f"{repo}: the hub answered {exc}") from None
+    except HfHubHTTPError as exc:
+        raise PullError(f"{repo}: the hub answered {exc}") from None
+    except httpx2.TransportError as exc:
         raise HubUnreachable(
             f"cannot reach {constants.ENDPOINT} ({type(exc).__name__}: {exc}); check the network "
             "or HF_ENDPOINT (a mirror)"
         ) from None
+    except OSError as exc:  # the disk, or a download that ended short of its size
+        raise PullError(f"{repo}: {type(exc).__name__}: {exc}") from None
 
 
 def plan_pull(repo: str, family: Family, revision: str | None = None) -> PullPlan:
@@ -358,8 +360,10 @@ def _fetch_resumable(repo: str, remote: RemoteFile, commit: str) -> None:
         if blob.exists():
             return
         _adopt_leftovers(partial, blobs.glob(f"{meta.etag}.*.incomplete"))
-        with partial.open("ab") as f:
-            start = f.tell()
+        partial.touch()
+        # Not append mode: if the server ignores the Range, http_get seeks back to rewrite.
+        with partial.open("r+b") as f:
+            start = f.seek(0, os.SEEK_END)
             if meta.size is not None and start > meta.size:  # not this file's beginning
                 f.truncate(0)
                 start = 0
