@@ -7,10 +7,10 @@ real download code with HF_ENDPOINT pointed here.
 - HEAD /{repo}/resolve/{rev}/{path}           X-Repo-Commit, ETag, Content-Length
 - GET  /{repo}/resolve/{rev}/{path}           the bytes, with Range support (206)
 
-Every file request is logged (method, path, Range, bytes sent, counted as they go), and files
-can be served slowly, so that a test can stop a download halfway. A gated repository answers
-file requests 401 GatedRepo, as the hub does without an accepted licence; an unknown one 404
-RepoNotFound.
+Every file request is logged (method, path, Range, bytes sent, counted as they go), and a file
+can stop at an offset until released, so that a test can kill a download halfway. A gated
+repository answers file requests 401 GatedRepo, as the hub does without an accepted licence;
+an unknown one 404 RepoNotFound.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,8 +57,9 @@ class Request:
 @dataclass
 class FakeHub:
     repos: dict[str, RepoFiles] = field(default_factory=dict)
-    # file path -> seconds its whole body takes to serve (spread over its chunks)
-    slow: dict[str, float] = field(default_factory=dict)
+    # file path -> byte offset where its download stops until `resume` is set (or 30 s pass)
+    stall: dict[str, int] = field(default_factory=dict)
+    resume: threading.Event = field(default_factory=threading.Event)
     requests: list[Request] = field(default_factory=list)
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -186,17 +186,17 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if not body:
                 return
-            seconds = hub.slow.get(name, 0.0)
-            pause = seconds * CHUNK / max(len(data), 1)
+            stall_at = hub.stall.get(name)
             try:
                 for offset in range(0, len(payload), CHUNK):
+                    if stall_at is not None and start + offset >= stall_at:
+                        hub.resume.wait(30)
+                        stall_at = None
                     chunk = payload[offset : offset + CHUNK]
                     self.wfile.write(chunk)
                     self.wfile.flush()
                     with hub.lock:
                         request.sent += len(chunk)
-                    if pause:
-                        time.sleep(pause)
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
 

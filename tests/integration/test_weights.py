@@ -28,7 +28,8 @@ REPO = "imagesynth-test/tiny-wan"
 BIG_REPO = "imagesynth-test/tiny-wan-big"
 # Past huggingface_hub's 10 MiB write chunk, so that a killed download leaves bytes behind.
 PADDING = "text_encoder/padding.safetensors"
-PADDING_BYTES = 12 * 1024 * 1024
+PADDING_BYTES = 11 * 1024 * 1024
+STALL_AT = 10 * 1024 * 1024 + 512 * 1024  # the server stops sending here in the first run
 
 CATALOG = f"""
 [models.tiny-wan]
@@ -75,7 +76,7 @@ def safetensors_file(path: Path, tensors: dict[str, tuple[str, list[int]]], data
 
 @pytest.fixture(scope="module")
 def hub(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
-    """The local hub with the demo Wan pipeline as REPO, and the same with a 12 MiB file as
+    """The local hub with the demo Wan pipeline as REPO, and the same with an 11 MiB file as
     BIG_REPO."""
     big = tmp_path_factory.mktemp("big-repo")
     safetensors_file(big / PADDING, {"pad": ("U8", [PADDING_BYTES - 64])}, data=True)
@@ -133,7 +134,8 @@ def test_pull_shows_progress_resumes_after_a_kill_and_then_downloads_nothing(
         / "blobs"
         / (hashlib.sha256(data).hexdigest() + ".incomplete")
     )
-    hub.slow[PADDING] = 2.5  # ~5 MiB/s: the first 10 MiB reach the disk after ~2 s
+    hub.resume.clear()
+    hub.stall[PADDING] = STALL_AT  # the first 10 MiB reach the disk, then the server waits
     first = subprocess.Popen(
         [str(BIN), "models", "pull", "tiny-wan-big"],
         env=env,
@@ -156,7 +158,8 @@ def test_pull_shows_progress_resumes_after_a_kill_and_then_downloads_nothing(
     sent_before = sum(r.sent for r in hub.file_requests(PADDING))
     assert sent_before < len(data)
 
-    hub.slow.clear()
+    hub.stall.clear()
+    hub.resume.set()  # let the killed run's request end
     hub.clear_log()
     second = imagesynth_cli("models", "pull", "tiny-wan-big", env=env)
     # Only the rest of the file was asked for, and only the rest was sent.
