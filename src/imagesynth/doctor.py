@@ -95,10 +95,7 @@ def _weights_checks(rt: Runtime) -> Iterator[Check]:
     demo_root = rt.settings.resolved_demo_weights_dir
     for name, choice in rt.weights.items():
         spec = rt.catalog.get(name)
-        try:
-            fit = fit_for(spec, demo_root, rt.settings.memory_budget).describe()
-        except Exception as exc:  # unreadable weights: say so on the model's line
-            fit = f"cannot estimate its memory ({type(exc).__name__}: {exc})"
+        fit = fit_for(spec, demo_root, rt.settings.memory_budget).describe()
         if choice.real:
             level: Level = "OK" if "REFUSED" not in fit else "WARN"
             yield Check(level, f"weights {name}", f"{choice.describe()}; {fit}")

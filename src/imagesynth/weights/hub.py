@@ -15,6 +15,7 @@ blobs there and only links them (and fetches the small files).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
 import shutil
@@ -313,7 +314,7 @@ def pull(
     check_disk(plan, folder)
     for remote in plan.missing:
         if remote.lfs:
-            _hub_call(repo, lambda r=remote: _fetch_resumable(repo, r, plan.commit))  # type: ignore[misc]
+            _hub_call(repo, functools.partial(_fetch_resumable, repo, remote, plan.commit))
     path = _hub_call(
         repo,
         lambda: snapshot_download(

@@ -95,7 +95,11 @@ def fit_for(spec: ModelSpec, demo_root: Path, budget: int | None = None) -> Fit:
             )
         on_gpu = True
     dtype = load_dtype(spec.dtype, spec.family, on_gpu=on_gpu)
-    return check_fit(estimate(folder, spec.family, dtype), free, spec.offload)
+    try:
+        measured = estimate(folder, spec.family, dtype)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # the load will say more
+        return check_fit(None, None, spec.offload, f"cannot read its weights' headers: {exc}")
+    return check_fit(measured, free, spec.offload)
 
 
 class Engines:
