@@ -123,8 +123,12 @@ def pulled(
 
 
 def test_pull_shows_progress_resumes_after_a_kill_and_then_downloads_nothing(
-    hub: FakeHub, catalog_file: Path, tmp_path: Path
+    hub: FakeHub, catalog_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from huggingface_hub import constants
+
+    from imagesynth.weights.hub import cached_snapshot
+
     cache = tmp_path / "cache"
     env = hub_env(hub, cache, tmp_path / "home", catalog_file)
     data = hub.repos[BIG_REPO].files[PADDING]
@@ -157,6 +161,8 @@ def test_pull_shows_progress_resumes_after_a_kill_and_then_downloads_nothing(
     assert 0 < kept < len(data)
     sent_before = sum(r.sent for r in hub.file_requests(PADDING))
     assert sent_before < len(data)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    assert cached_snapshot(BIG_REPO, "wan") is None  # half a pull: "auto" keeps the demo
 
     hub.stall.clear()
     hub.resume.set()  # let the killed run's request end
@@ -167,6 +173,7 @@ def test_pull_shows_progress_resumes_after_a_kill_and_then_downloads_nothing(
     assert resumed.range == f"bytes={kept}-"
     assert resumed.sent == len(data) - kept
     snapshot = Path(second.stdout.split("ready at ")[1].split(" for ")[0])
+    assert cached_snapshot(BIG_REPO, "wan") == snapshot
     assert (snapshot / PADDING).read_bytes() == data
     assert (snapshot / "transformer" / "config.json").is_file()
     assert not (snapshot / "imagesynth-demo.json").exists()  # not a file the pipeline needs

@@ -3,6 +3,7 @@ weights; explicit "demo", folders and hub ids as before; which files a pull fetc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,21 @@ def test_a_pull_fetches_only_what_the_pipeline_loads(tmp_path: Path, demo_root: 
         assert not wanted(duplicate, "stable-diffusion"), duplicate
     assert is_complete_pipeline(demo_root / "wan", "wan")
     assert not is_complete_pipeline(tmp_path, "wan")
+
+
+def test_a_pipeline_missing_a_shard_is_not_complete(tmp_path: Path, demo_root: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "wan"
+    shutil.copytree(demo_root / "wan", folder)
+    index = {
+        "weight_map": {
+            "a": "model-00001-of-00002.safetensors",
+            "b": "model-00002-of-00002.safetensors",
+        }
+    }
+    (folder / "text_encoder" / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "text_encoder" / "model-00001-of-00002.safetensors").write_bytes(b"")
+    assert not is_complete_pipeline(folder, "wan")
+    (folder / "text_encoder" / "model-00002-of-00002.safetensors").write_bytes(b"")
+    assert is_complete_pipeline(folder, "wan")
