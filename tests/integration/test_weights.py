@@ -332,15 +332,14 @@ def test_fit_check_refuses_a_model_that_cannot_fit_a_stated_budget(tmp_path: Pat
     }
     assert check_fit(est, 24 * 10**9, "none").verdict == "fits"  # 18.2 GB x 1.2 = 21.8 GB
     offload = check_fit(est, 16 * 10**9, "none")
-    assert offload.verdict == "offload" and not offload.servable
+    assert offload.verdict == "offload" and offload.servable
     assert offload.describe() == (
-        "REFUSED as configured: needs 21.8 GB at bfloat16 (12.0 GB for its largest part, "
-        'transformer, offloaded); 16.0 GB free. Set offload = "model" in its catalog entry '
-        "to serve it"
+        'fits with offload = "model" (suggested: a worker applies it): needs 21.8 GB at '
+        "bfloat16 (12.0 GB for its largest part, transformer, offloaded); 16.0 GB free"
     )
     assert check_fit(est, 16 * 10**9, "model").verdict == "fits"
     refused = check_fit(est, 8 * 10**9, "none")
-    assert refused.verdict == "refused"
+    assert refused.verdict == "refused" and not refused.servable
     assert refused.describe().startswith(
         "REFUSED: needs 21.8 GB at bfloat16 (12.0 GB for its largest part, transformer, "
         "offloaded); 8.0 GB free."
@@ -348,7 +347,7 @@ def test_fit_check_refuses_a_model_that_cannot_fit_a_stated_budget(tmp_path: Pat
     assert HEADROOM == 1.2
 
 
-def test_worker_and_models_list_refuse_what_the_budget_cannot_hold(
+def test_worker_and_models_list_offload_or_refuse_what_the_budget_cannot_hold(
     tmp_path: Path, demo_root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from imagesynth.storage.local import LocalBlobStore
@@ -359,31 +358,42 @@ def test_worker_and_models_list_refuse_what_the_budget_cannot_hold(
     folder = big_pipeline(tmp_path / "big")
     catalog_path = tmp_path / "catalog.toml"
     catalog_path.write_text(
-        f'[models.big]\nfamily = "wan"\nweights = "{folder}"\n'
+        f'[models.big]\nfamily = "wan"\nweights = "{folder}"\ndevice = "cuda"\n'
         '[models.small]\nfamily = "wan"\nweights = "demo"\n',
         encoding="utf-8",
     )
     catalog, _ = resolve_catalog(Catalog.load(catalog_path))
-    worker = Worker(
-        InMemoryTaskQueue(),
-        LocalBlobStore(tmp_path / "blobs", UrlSigner(b"k" * 32, 60)),
-        catalog,
-        demo_root,
-        lease_seconds=30,
-        poll_seconds=0.01,
-        memory_budget=8 * 10**9,
-    )
+
+    def worker_with(budget_gb: int) -> Worker:
+        return Worker(
+            InMemoryTaskQueue(),
+            LocalBlobStore(tmp_path / "blobs", UrlSigner(b"k" * 32, 60)),
+            catalog,
+            demo_root,
+            lease_seconds=30,
+            poll_seconds=0.01,
+            memory_budget=budget_gb * 10**9,
+        )
+
     caplog.set_level("INFO")
-    assert worker.check_fits() == ["big"]
-    assert worker.models == ["small"]  # its tasks stay PENDING for a worker that can hold it
+    small_gpu = worker_with(8)
+    assert small_gpu.check_fits() == ["big"]
+    assert small_gpu.models == ["small"]  # its tasks stay PENDING for a worker that can hold it
     assert "model big: REFUSED: needs 21.8 GB at bfloat16" in caplog.text
     assert "this worker does not serve it" in caplog.text
+
+    mid_gpu = worker_with(16)  # the whole pipeline does not fit, its transformer does
+    assert mid_gpu.check_fits() == []
+    assert mid_gpu.catalog.get("big").offload == "model"  # for this worker only
+    assert catalog.get("big").offload == "none"
+    assert 'model big: fits with offload = "model" (suggested: a worker applies it)' in caplog.text
 
     env = {**clean_environment(), "IMAGESYNTH_HOME": str(tmp_path / "home")}
     env["IMAGESYNTH_CATALOG"] = str(catalog_path)
     listed = imagesynth_cli("models", "list", "--memory-budget", "16", env=env).stdout
-    assert "REFUSED as configured: needs 21.8 GB at bfloat16" in listed
-    assert 'Set offload = "model"' in listed
+    assert 'fits with offload = "model" (suggested: a worker applies it): needs 21.8 GB' in listed
+    listed = imagesynth_cli("models", "list", "--memory-budget", "8", env=env).stdout
+    assert "REFUSED: needs 21.8 GB at bfloat16 (12.0 GB for its largest part" in listed
 
 
 def test_doctor_on_this_machine(tmp_path: Path) -> None:

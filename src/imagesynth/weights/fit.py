@@ -7,9 +7,11 @@ scaled from the stored dtype. Each need gets HEADROOM on top for activations, th
 and the allocator's slack. The policy:
 
 - fits: the whole pipeline (x HEADROOM) fits in the free memory.
-- offload: it does not, but its largest component does: refused as configured, with
-  `offload = "model"` suggested (diffusers keeps each component on the GPU only while it runs).
-- refused: not even its largest component fits (`offload = "sequential"` is the last resort).
+- offload: it does not, but its largest component does: it fits with `offload = "model"`
+  (diffusers keeps each component on the GPU only while it runs), which is suggested, and
+  which a worker applies for the model when it starts (worker/worker.py check_fits).
+- refused: not even its largest component fits (`offload = "sequential"` is the last resort):
+  a worker does not serve it.
 - unchecked: no figure to hold it against (the CPU, or weights not on this machine yet).
 
 A model configured with `offload = "model"` is held against its largest component; one with
@@ -122,8 +124,8 @@ class Fit:
 
     @property
     def servable(self) -> bool:
-        """Whether a worker serves the model (it refuses "offload" and "refused")."""
-        return self.verdict in ("fits", "unchecked")
+        """Whether a worker serves the model ("offload": with offload = "model" applied)."""
+        return self.verdict != "refused"
 
     @property
     def needed(self) -> int:
@@ -149,10 +151,7 @@ class Fit:
                 return f'fits with offload = "sequential" (not measured); {free}'
             return f"fits: {whole}; {free}"
         if self.verdict == "offload":
-            return (
-                f'REFUSED as configured: {parts}; {free}. Set offload = "model" in its catalog '
-                "entry to serve it"
-            )
+            return f'fits with offload = "model" (suggested: a worker applies it): {parts}; {free}'
         return (
             f'REFUSED: {parts}; {free}. Use a GPU with more memory, or offload = "sequential" '
             "(far slower)"

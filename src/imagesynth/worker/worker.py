@@ -91,6 +91,13 @@ def image_label(
     )
 
 
+def _on_accelerator(device: str) -> bool:
+    """Whether a model's device is a GPU (offload needs one to offload onto)."""
+    from imagesynth.engine.diffusers.pipelines import resolve_device
+
+    return resolve_device(device) != "cpu"
+
+
 def result_key(task: Task, index: int) -> str:
     """Where image `index` of this attempt is stored. The file name holds the task id, so
     clients that save each result under its URL's file name (DashScope's own samples do) keep
@@ -182,18 +189,38 @@ class Worker:
         self.check_fits()
 
     def check_fits(self) -> list[str]:
-        """Hold each served model's weights against the GPU memory (weights/fit.py), and stop
-        serving those that cannot fit: their tasks stay PENDING for a worker with a larger
-        GPU, rather than failing with out-of-memory in the first one. The refused models."""
+        """Hold each served model's weights against the GPU memory (weights/fit.py), rather
+        than meet an out-of-memory error in its first task: a model that fits only with
+        offload = "model" gets it, for this worker; one that cannot fit is not served (its
+        tasks stay PENDING for a worker with a larger GPU). The refused models."""
         refused = []
+        offloaded: dict[str, ModelSpec] = {}
         for name in self.models:
-            fit = fit_for(self.catalog.get(name), self.demo_root, self.memory_budget)
-            if fit.servable:
-                log.info("model %s: %s", name, fit.describe())
-            else:
+            spec = self.catalog.get(name)
+            fit = fit_for(spec, self.demo_root, self.memory_budget)
+            if not fit.servable:
                 log.error("model %s: %s; this worker does not serve it", name, fit.describe())
                 refused.append(name)
+            elif fit.verdict == "offload" and _on_accelerator(spec.device):
+                offloaded[name] = dataclasses.replace(spec, offload="model")
+                log.warning(
+                    'model %s: %s; applied (write offload = "model" in its catalog entry to '
+                    "make it explicit)",
+                    name,
+                    fit.describe(),
+                )
+            elif fit.verdict == "offload":
+                log.info("model %s: %s; not applied: it runs on the CPU", name, fit.describe())
+            else:
+                log.info("model %s: %s", name, fit.describe())
         self.models = [m for m in self.models if m not in refused]
+        if offloaded:
+            self.catalog = Catalog(
+                {**self.catalog.models, **offloaded},
+                self.catalog.source,
+                self.catalog.styles,
+                self.catalog.billing,
+            )
         return refused
 
     # -- loop -----------------------------------------------------------------------------
