@@ -9,11 +9,19 @@ PostgreSQL schema (IMAGESYNTH_BENCH_POSTGRES_DSN, default the test server). Clie
 workers have claimed them all (claims/s: claimed tasks over the time from the first claim to
 the last, from the database's started_at). The tasks are the cheapest the demo weights make
 (wan2.2-t2i-flash, 512*512, 1 step): the figure is the queue's, not the GPU's.
+
+With `--engine remote` the workers run `backend = "openai-images"` against an answering
+server inside this script that returns a 64x64 PNG at once: the "GPU" is elsewhere, so the
+workers do not compete with each other for these CPUs, and claims/s is the queue's and the
+worker loop's own (claim, request, check, label, store, finish).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import io
+import json
 import os
 import shutil
 import signal
@@ -21,12 +29,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import psycopg
+from PIL import Image
 
 BIN = Path(sys.executable).parent / "imagesynth"
 SUBMIT = "/api/v1/services/aigc/text2image/image-synthesis"
@@ -44,12 +55,57 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+REMOTE_BODY = {
+    "model": "bench-remote",
+    "input": {"prompt": "a benchmark"},
+    "parameters": {"n": 1, "size": "64*64", "prompt_extend": False},
+}
+REMOTE_CATALOG = """
+[models.bench-remote]
+family = "wan"
+backend = "openai-images"
+endpoint = "http://127.0.0.1:{port}/v1"
+remote_model = "anything"
+remote_retries = 0
+min_side = 64
+min_pixels = 0
+default_size = "64*64"
+steps = 1
+n_max = 1
+n_default = 1
+"""
+
+
+class _Answering(BaseHTTPRequestHandler):
+    """An OpenAI Images server that answers every request at once with one small PNG."""
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 120, 200)).save(buf, format="PNG")
+    reply = json.dumps(
+        {"created": 0, "data": [{"b64_json": base64.b64encode(buf.getvalue()).decode()}]}
+    ).encode()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(self.reply)))
+        self.end_headers()
+        self.wfile.write(self.reply)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--apis", type=int, default=4)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--tasks", type=int, default=400)
+    parser.add_argument("--engine", choices=["demo", "remote"], default="demo")
     args = parser.parse_args()
+    body = BODY
+    extra_env: dict[str, str] = {}
 
     schema = f"bench_scale_{os.getpid()}"
     with psycopg.connect(DSN, autocommit=True) as conn:
@@ -60,6 +116,12 @@ def main() -> None:
     try:
         demo = tmp / "demo"
         subprocess.run([str(BIN), "models", "make-demo", str(demo)], check=True)
+        if args.engine == "remote":
+            answering = ThreadingHTTPServer(("127.0.0.1", 0), _Answering)
+            threading.Thread(target=answering.serve_forever, daemon=True).start()
+            catalog = tmp / "catalog.toml"
+            catalog.write_text(REMOTE_CATALOG.format(port=answering.server_address[1]))
+            extra_env, body = {"IMAGESYNTH_CATALOG": str(catalog)}, REMOTE_BODY
 
         def env(home: str) -> dict[str, str]:
             return {
@@ -71,6 +133,7 @@ def main() -> None:
                 "IMAGESYNTH_LOG_LEVEL": "WARNING",
                 "IMAGESYNTH_INVISIBLE_WATERMARK": "false",
                 "IMAGESYNTH_IMAGE_SAFETY": "none",
+                **extra_env,
             }
 
         key = subprocess.run(
@@ -102,7 +165,7 @@ def main() -> None:
         def submit(i: int) -> None:
             r = httpx.post(
                 bases[i % len(bases)] + SUBMIT,
-                json=BODY,
+                json=body,
                 headers={"Authorization": f"Bearer {key}", "X-DashScope-Async": "enable"},
                 timeout=60,
             )
@@ -149,7 +212,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)  # after the processes: they write there
 
     print(f"{args.apis} API processes, {args.workers} worker processes, PostgreSQL, "
-          f"{os.cpu_count()} CPUs, {args.tasks} tasks")  # fmt: skip
+          f"{os.cpu_count()} CPUs, {args.tasks} tasks, {args.engine} engine")  # fmt: skip
     print(f"  submits: {args.tasks / submit_s:.0f}/s ({submit_s:.2f} s, 32 client threads)")
     print(
         f"  claims: {(claimed - 1) / max(last - first, 1e-9):.1f}/s "

@@ -21,13 +21,16 @@ from imagesynth.domain import (
     BACKENDS,
     CACHES,
     FAMILIES,
+    MAX_PARTIAL_IMAGES,
     OFFLOADS,
+    OUTPUT_FORMATS,
     SEED_MAX,
     Backend,
     Cache,
     Family,
     GenerationParams,
     Offload,
+    OutputFormat,
     SchedulerValue,
     parse_size,
 )
@@ -197,13 +200,27 @@ class ModelSpec:
     # guidance and style; no reference image). 1: every task runs alone. A task with more
     # images than this still runs, alone.
     max_batch: int = 1
+    # backend = "openai-images": the server (its base URL, e.g. "http://gpu1:30000/v1"), the
+    # model name it serves (default: this entry's name), the environment variable holding its
+    # API key, how long one request may take, how often a failed one is retried (with
+    # backoff), and whether it gives image i of one request seed + i (imagesynth does; when
+    # not known, each image is its own request with its own seed).
+    endpoint: str | None = None
+    remote_model: str | None = None
+    api_key_env: str | None = None
+    remote_timeout: float = 600.0
+    remote_retries: int = 4
+    remote_seed_offsets: bool = False
+    # The OpenAI front's quality -> steps with real weights: [low, medium, high] (auto = high =
+    # `steps`). Empty: low and medium are 40% and 60% of the default steps (demo weights too).
+    quality_steps: tuple[int, ...] = ()
     # Filled from [styles] when `styles` is true; not a per-model TOML key.
     style_table: Mapping[str, Style] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def is_demo(self) -> bool:
         """Runs the demo weights: "demo", or "auto" left unresolved (no real weights found)."""
-        return self.weights in (DEMO_WEIGHTS, AUTO_WEIGHTS)
+        return self.backend == "diffusers" and self.weights in (DEMO_WEIGHTS, AUTO_WEIGHTS)
 
     @property
     def default_steps(self) -> int:
@@ -213,6 +230,15 @@ class ModelSpec:
     def messages_protocol(self) -> bool:
         """Its tasks are wan2.6's kind: their replies hold `choices`, not `results`."""
         return "image-generation" in self.endpoints
+
+    def steps_for_quality(self, quality: str) -> int:
+        """Denoising steps for an OpenAI `quality`: low, medium, high or auto (= high)."""
+        default = self.default_steps
+        if self.quality_steps and not self.is_demo:
+            low, medium, high = self.quality_steps
+        else:
+            low, medium, high = (max(1, round(default * f)) for f in (0.4, 0.6, 1.0))
+        return {"low": low, "medium": medium}.get(quality, high)
 
     def size_rule(self) -> str:
         if self.sizes:
@@ -226,6 +252,14 @@ class ModelSpec:
         if self.max_aspect:
             rule += f" and an aspect ratio from 1:{self.max_aspect:g} to {self.max_aspect:g}:1"
         return rule
+
+    def takes_size(self, text: str) -> bool:
+        """Whether a "W*H" size is one this model makes."""
+        try:
+            width, height = parse_size(text)
+        except ValueError:
+            return False
+        return text in self.sizes if self.sizes else self._size_fits(width, height)
 
     def _size_fits(self, width: int, height: int) -> bool:
         return (
@@ -265,6 +299,10 @@ class ModelSpec:
         has_reference: bool = False,
         ref_strength: float | None = None,
         ref_mode: str | None = None,
+        output_format: str | None = None,
+        output_compression: int | None = None,
+        partial_images: int | None = None,
+        user: str | None = None,
     ) -> GenerationParams:
         if prompt is None or not prompt.strip():
             raise InvalidParameter("Field required: input.prompt")
@@ -314,6 +352,17 @@ class ModelSpec:
                 raise InvalidParameter(
                     f"ref_mode must be one of {', '.join(REF_MODES)}; got {ref_mode!r}"
                 )
+        fmt = _output_format(output_format)
+        if output_compression is not None and not 0 <= output_compression <= 100:
+            raise InvalidParameter(
+                f"output_compression must be in [0, 100]; got {output_compression}"
+            )
+        if partial_images is not None and not 0 <= partial_images <= MAX_PARTIAL_IMAGES:
+            raise InvalidParameter(
+                f"partial_images must be in [0, {MAX_PARTIAL_IMAGES}]; got {partial_images}"
+            )
+        if user is not None and len(user) > MAX_USER_CHARS:
+            raise InvalidParameter(f"user must be at most {MAX_USER_CHARS} characters")
         # The docs say over-long prompts are truncated, not rejected.
         return GenerationParams(
             prompt=prompt[: self.prompt_max_chars],
@@ -329,7 +378,23 @@ class ModelSpec:
             style=style,
             ref_strength=None if ref_strength is None else float(ref_strength),
             ref_mode=ref_mode,
+            output_format=fmt,
+            output_compression=output_compression if fmt != "png" else None,
+            partial_images=partial_images or 0,
+            user=user,
         )
+
+
+MAX_USER_CHARS = 256
+
+
+def _output_format(name: str | None) -> OutputFormat:
+    for fmt in OUTPUT_FORMATS:
+        if name is None or name == fmt:
+            return fmt
+    raise InvalidParameter(
+        f"output_format must be one of {', '.join(OUTPUT_FORMATS)}; got {name!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -387,6 +452,7 @@ def _has_type(value: object, annotation: object) -> bool:
         "Family": (str,),
         "Backend": (str,),
         "tuple[str, ...]": (tuple,),
+        "tuple[int, ...]": (tuple,),
         "Mapping[str, Style]": (dict,),
         "Offload": (str,),
         "Cache": (str,),
@@ -396,6 +462,8 @@ def _has_type(value: object, annotation: object) -> bool:
         return False
     if isinstance(value, tuple) and str(annotation) == "tuple[str, ...]":
         return all(isinstance(v, str) for v in value)
+    if isinstance(value, tuple) and str(annotation) == "tuple[int, ...]":
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     return isinstance(value, expected)
 
 
@@ -528,6 +596,19 @@ def _check_levers(spec: ModelSpec, entry: Mapping[str, Any], where: str) -> None
         raise CatalogError(f"{where}: cache_threshold must be > 0")
 
 
+def _check_remote(spec: ModelSpec, where: str) -> None:
+    if spec.backend != "openai-images":
+        if spec.endpoint is not None:
+            raise CatalogError(f'{where}: endpoint is for backend = "openai-images"')
+        return
+    if not spec.endpoint or not spec.endpoint.startswith(("http://", "https://")):
+        raise CatalogError(f'{where}: backend openai-images needs endpoint = "http(s)://.../v1"')
+    if spec.reference_images or spec.styles:
+        raise CatalogError(f"{where}: a remote engine takes no reference images or styles")
+    if spec.remote_timeout <= 0 or spec.remote_retries < 0:
+        raise CatalogError(f"{where}: need remote_timeout > 0 and remote_retries >= 0")
+
+
 def _parse_models(
     raw: dict[str, Any], source: str, styles: Mapping[str, Style]
 ) -> dict[str, ModelSpec]:
@@ -562,6 +643,17 @@ def _parse_models(
                 f"{source}: model {name}: endpoints must be a non-empty list of {ENDPOINTS}"
             )
         values["endpoints"] = tuple(endpoints)
+        if "quality_steps" in values:
+            quality = values["quality_steps"]
+            if (
+                not isinstance(quality, list)
+                or len(quality) != 3
+                or any(isinstance(q, bool) or not isinstance(q, int) or q < 1 for q in quality)
+            ):
+                raise CatalogError(
+                    f"{source}: model {name}: quality_steps must be [low, medium, high] steps"
+                )
+            values["quality_steps"] = tuple(quality)
         if "scheduler" in values:
             values["scheduler"] = _scheduler_settings(
                 values["scheduler"], f"{source}: model {name}"
@@ -588,6 +680,7 @@ def _parse_models(
             raise CatalogError(
                 f"{source}: model {name}: need rps > 0, in_flight >= 1, price >= 0, free_quota >= 0"
             )
+        _check_remote(spec, f"{source}: model {name}")
         if spec.weights == AUTO_WEIGHTS and spec.repo is not None and not _is_repo_id(spec.repo):
             raise CatalogError(
                 f"{source}: model {name}: repo must be a hub id such as Qwen/Qwen-Image; "

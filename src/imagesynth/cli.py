@@ -20,7 +20,9 @@ from imagesynth.worker.memory import keep_freed_memory
 app = typer.Typer(help="Self-hosted text-to-image, wire-compatible with DashScope.")
 keys_app = typer.Typer(help="Manage API keys.")
 models_app = typer.Typer(help="The model catalog, its weights: list, pull, make-demo.")
+webhook_app = typer.Typer(help="A key's signed webhooks (docs/webhooks.md).")
 app.add_typer(keys_app, name="keys")
+keys_app.add_typer(webhook_app, name="webhook")
 app.add_typer(models_app, name="models")
 
 log = logging.getLogger("imagesynth")
@@ -92,16 +94,19 @@ def serve(
         keep_freed_memory()  # before any thread starts: see worker/memory.py
     rt = _runtime()
     services = rt.services()
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    local_url = f"http://{shown}:{port}"
     if not services.keys.all():
         _, secret = services.keys.create("first-start")
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        print(_first_key_banner(secret, f"http://{shown}:{port}"), flush=True)
+        print(_first_key_banner(secret, local_url), flush=True)
 
     stop = threading.Event()
     threads: list[threading.Thread] = []
 
     def start_background() -> None:
         threads.append(rt.maintenance().start(stop, rt.settings.maintenance_interval_seconds))
+        # Result links in webhook bodies: IMAGESYNTH_PUBLIC_URL, else where this one listens.
+        threads.append(rt.webhook_sender(local_url).start(stop))
         if rt.prompt_stage_runs_here(api=True, worker=not no_worker):
             threads.extend(rt.prompt_stage().start(stop))
         if not no_worker:
@@ -286,6 +291,67 @@ def keys_set(
     changes = _changes(locals())
     key = _admin_call(admin.change, ref, changes)
     print(json.dumps(admin.describe(key), indent=2, ensure_ascii=False))
+
+
+KeyRef = Annotated[str, typer.Argument(help="Key id, name or prefix.")]
+
+
+@webhook_app.command("add")
+def webhook_add(
+    ref: KeyRef,
+    url: Annotated[str, typer.Argument(help="http(s) URL on a public address.")],
+    event: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--event",
+            "-e",
+            help="Only this event (repeatable; default all): task.succeeded, "
+            "task.failed, task.canceled.",
+        ),
+    ] = None,
+) -> None:
+    """Register an endpoint sent the key's task ends; prints its id and secret (shown once)."""
+    endpoint, secret = _admin_call(_runtime().webhook_admin().add, ref, url, event)
+    print(f"{endpoint.id}  {endpoint.url}")
+    print(secret)
+
+
+@webhook_app.command("list")
+def webhook_list(ref: KeyRef) -> None:
+    """The key's endpoints: id, events, URL."""
+    for endpoint in _admin_call(_runtime().webhook_admin().endpoints, ref):
+        d = endpoint.to_json()
+        print(f"{d['id']}  {','.join(d['events'])}  {d['url']}")
+
+
+@webhook_app.command("remove")
+def webhook_remove(
+    ref: KeyRef, endpoint_id: Annotated[str, typer.Argument(help="The endpoint's id (ep_...).")]
+) -> None:
+    """Forget an endpoint; its deliveries not yet made fail."""
+    _admin_call(_runtime().webhook_admin().remove, ref, endpoint_id)
+    print(f"removed {endpoint_id}")
+
+
+@webhook_app.command("secret")
+def webhook_secret(ref: KeyRef) -> None:
+    """The secret that signs deliveries to the callback URLs of the key's submissions."""
+    print(_admin_call(_runtime().webhook_admin().callback_secret, ref))
+
+
+@webhook_app.command("deliveries")
+def webhook_deliveries(
+    ref: Annotated[str | None, typer.Argument(help="Only this key's (id, name or prefix).")] = None,
+    status: Annotated[str | None, typer.Option(help="pending, delivered or failed.")] = "failed",
+    task_id: Annotated[str | None, typer.Option(help="Only this task's.")] = None,
+) -> None:
+    """Deliveries (by default the failed ones), newest first, with each attempt's log (JSON)."""
+    import json
+
+    rows = _admin_call(
+        _runtime().webhook_admin().deliveries, status=status, key=ref, task_id=task_id
+    )
+    print(json.dumps([d.to_json() for d in rows], indent=2, ensure_ascii=False))
 
 
 @app.command()

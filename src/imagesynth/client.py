@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,24 +87,68 @@ def run_generate(base_url: str, api_key: str, request: GenerateRequest, out: Pat
 
 
 def _follow(http: httpx.Client, base: str, task_id: str) -> dict[str, Any]:
-    """Poll until the task ends, drawing a progress bar over the denoising steps."""
+    """Follow the task's progress stream (GET .../tasks/{id}/events) until it ends, drawing a
+    progress bar over the denoising steps; the final query reply's `output`. A server that
+    has no stream (404) is polled instead."""
     with tqdm(total=None, unit="step", desc="queued", file=sys.stderr) as bar:
-        while True:
-            r = http.get(f"{base}/tasks/{task_id}")
-            if r.status_code != 200:
+        with http.stream(
+            "GET", f"{base}/tasks/{task_id}/events", timeout=httpx.Timeout(60.0, read=None)
+        ) as r:
+            if r.status_code == 200:
+                for event, data in _events(r.iter_lines()):
+                    if event in ("status", "progress"):
+                        _draw(bar, data)
+                    elif event == "result":
+                        _draw(bar, data["output"])
+                        return dict(data["output"])
+                    elif event == "error":
+                        raise _fail_with(data)
+            elif r.status_code != 404:
+                r.read()
                 raise _fail(r)
-            output: dict[str, Any] = r.json()["output"]
-            status = output["task_status"]
-            progress = output.get("task_progress")
-            if progress:
-                bar.total = progress["steps"]
-                bar.n = progress["step"]
-            if status not in ("PENDING", "RUNNING"):
-                if status == "SUCCEEDED" and bar.total:
-                    bar.n = bar.total
-                bar.set_description(status.lower())
-                bar.refresh()
-                return output
-            bar.set_description(status.lower())
-            bar.refresh()
-            time.sleep(POLL_SECONDS)
+        return _poll(http, base, task_id, bar)
+
+
+def _events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event, data) pairs of a Server-Sent Events stream; comments are skipped."""
+    event, data = "message", ""
+    for line in lines:
+        if not line:
+            if data:
+                yield event, json.loads(data)
+            event, data = "message", ""
+        elif line.startswith("event:"):
+            event = line[len("event:") :].strip()
+        elif line.startswith("data:"):
+            data += line[len("data:") :].strip()
+
+
+def _draw(bar: tqdm[Any], output: dict[str, Any]) -> None:
+    status = output["task_status"]
+    progress = output.get("task_progress") or (
+        {"step": output["step"], "steps": output["steps"]} if "steps" in output else None
+    )
+    if progress:
+        bar.total = progress["steps"]
+        bar.n = progress["step"]
+    if status == "SUCCEEDED" and bar.total:
+        bar.n = bar.total
+    bar.set_description(status.lower())
+    bar.refresh()
+
+
+def _fail_with(error: dict[str, Any]) -> typer.Exit:
+    print(f"error: {error.get('code')}: {error.get('message')}", file=sys.stderr)
+    return typer.Exit(1)
+
+
+def _poll(http: httpx.Client, base: str, task_id: str, bar: tqdm[Any]) -> dict[str, Any]:
+    while True:
+        r = http.get(f"{base}/tasks/{task_id}")
+        if r.status_code != 200:
+            raise _fail(r)
+        output: dict[str, Any] = r.json()["output"]
+        _draw(bar, output)
+        if output["task_status"] not in ("PENDING", "RUNNING"):
+            return output
+        time.sleep(POLL_SECONDS)

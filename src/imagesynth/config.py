@@ -85,15 +85,48 @@ class Settings(BaseSettings):
         "its decoded images in memory); the engine waits when they are this many.",
     )
     sync_timeout_seconds: float = Field(default=600.0, gt=0)
+    openai_default_model: str = Field(
+        default="wan2.2-t2i-flash",
+        description="The model of an OpenAI Images request that names none (POST "
+        "/v1/images/generations); a catalog name.",
+    )
     max_request_bytes: int = Field(default=1 << 20, ge=1024)
     fetch_timeout_seconds: float = Field(default=10.0, gt=0)
     fetch_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     fetch_allow_networks: str = Field(
         default="",
-        description="Comma-separated CIDRs that reference-image fetches may reach although "
-        "private (e.g. an intranet image host). Empty: public addresses only.",
+        description="Comma-separated CIDRs that reference-image fetches and webhook deliveries "
+        "may reach although private (e.g. an intranet image host). Empty: public addresses "
+        "only.",
     )
     upload_ttl_seconds: int = Field(default=48 * 3600, ge=60)
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Time one webhook delivery attempt may take."
+    )
+    webhook_retry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Delay before a failed webhook delivery's first retry; it doubles with each "
+        "further attempt (with +-25% jitter) up to IMAGESYNTH_WEBHOOK_RETRY_MAX_SECONDS.",
+    )
+    webhook_retry_max_seconds: float = Field(
+        default=3600.0, gt=0, description="The longest delay between two webhook attempts."
+    )
+    webhook_give_up_seconds: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="A webhook delivery still failing this long after its task ended is "
+        "marked failed (listed by GET /admin/v1/webhooks/deliveries?status=failed).",
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the webhook sender looks for due deliveries when no task end "
+        "woke it (retries, and ends in other processes on SQLite).",
+    )
+    webhook_concurrency: int = Field(
+        default=4, ge=1, description="Webhook deliveries in flight at once per API process."
+    )
     max_reference_decodes: int = Field(
         default=2,
         ge=1,

@@ -16,8 +16,10 @@ Family = Literal["qwen-image", "wan", "stable-diffusion", "z-image"]
 FAMILIES: tuple[Family, ...] = ("qwen-image", "wan", "stable-diffusion", "z-image")
 
 # How a model's images are made: the engine backend a catalog entry names (`backend = ...`).
-Backend = Literal["diffusers"]
-BACKENDS: tuple[Backend, ...] = ("diffusers",)
+# diffusers: in-process Hugging Face pipelines; openai-images: a server that speaks the OpenAI
+# Images API (SGLang-Diffusion, vLLM-Omni, LocalAI, another imagesynth).
+Backend = Literal["diffusers", "openai-images"]
+BACKENDS: tuple[Backend, ...] = ("diffusers", "openai-images")
 
 # GPU speed levers a catalog entry can pull, applied by the engine at load (docs/gpu-levers.md).
 # offload: where the weights live between uses; "none" keeps the whole pipeline on the device.
@@ -30,6 +32,12 @@ CACHES: tuple[Cache, ...] = ("none", "first-block")
 SchedulerValue = str | int | float | bool | None
 
 SEED_MAX = 2_147_483_647
+
+# How a result file is encoded (the OpenAI front's output_format; DashScope's results are PNG).
+OutputFormat = Literal["png", "jpeg", "webp"]
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("png", "jpeg", "webp")
+# Preview images a task may ask for while it runs (the OpenAI front's partial_images).
+MAX_PARTIAL_IMAGES = 3
 
 
 class TaskStatus(StrEnum):
@@ -85,6 +93,20 @@ class GenerationParams:
     ref_image_key: str | None = None
     ref_strength: float | None = None
     ref_mode: str | None = None
+    # How the results are encoded: format and, for jpeg/webp, quality 0..100 (None: 100).
+    output_format: OutputFormat = "png"
+    output_compression: int | None = None
+    # Previews to make while denoising (0..MAX_PARTIAL_IMAGES), spread evenly over the steps.
+    partial_images: int = 0
+    # Who the caller says the end user is (the OpenAI front's `user`), kept with the task.
+    user: str | None = None
+
+    @property
+    def preview_steps(self) -> tuple[int, ...]:
+        """The denoising steps after which a preview is made: partial_images of them, evenly
+        spread, the last one before the final step (whose image is the result itself)."""
+        k = min(self.partial_images, max(self.steps - 1, 0))
+        return tuple(sorted({max(1, (j + 1) * self.steps // (k + 1)) for j in range(k)}))
 
     @property
     def seeds(self) -> tuple[int, ...]:

@@ -9,8 +9,18 @@ from enum import StrEnum
 class ImageSynthError(Exception):
     """An internal error has occured, please try again later or contact service support."""
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """param: the request field at fault, where one is (the OpenAI error shape names
+        it). retry_after: seconds after which a retry may succeed (a 429's Retry-After)."""
         super().__init__(message or (self.__doc__ or "").strip())
+        self.param = param
+        self.retry_after = retry_after
 
     @property
     def message(self) -> str:
@@ -135,6 +145,9 @@ class FailureCode(StrEnum):
     ALGO = "InternalError.Algo"  # the pipeline raised
     WORKER_LOST = "InternalError.WorkerLost"  # the task stopped its worker on every attempt
     DATA_INSPECTION = "DataInspectionFailed"  # the image classifier withheld the image(s)
+    REMOTE_UNAVAILABLE = "InternalError.RemoteUnavailable"  # the remote engine never answered
+    REMOTE_REJECTED = "InternalError.RemoteRejected"  # the remote engine refused the request
+    REMOTE_BAD_REPLY = "InternalError.RemoteBadReply"  # its answer held no usable images
 
     @property
     def message(self) -> str:
@@ -146,4 +159,7 @@ _FAILURE_MESSAGES = {
     FailureCode.ALGO: "Image generation failed inside the model pipeline.",
     FailureCode.WORKER_LOST: "The task stopped its worker on every attempt.",
     FailureCode.DATA_INSPECTION: DataInspectionFailed().message,
+    FailureCode.REMOTE_UNAVAILABLE: "The remote inference server could not be reached.",
+    FailureCode.REMOTE_REJECTED: "The remote inference server refused the request.",
+    FailureCode.REMOTE_BAD_REPLY: "The remote inference server's answer held no usable images.",
 }

@@ -24,10 +24,11 @@ from imagesynth.accounts.admin import AdminService, load_admin_token
 from imagesynth.accounts.keys import KeyService
 from imagesynth.accounts.limits import Admission, ServiceLimits
 from imagesynth.api.context import Services
+from imagesynth.api.webhook_body import query_reply_renderer
 from imagesynth.catalog import Catalog, CatalogError
 from imagesynth.config import Settings
 from imagesynth.db import SqlStores
-from imagesynth.inputs.fetch import FetchPolicy, parse_networks
+from imagesynth.inputs.fetch import FetchPolicy, IPNetwork, parse_networks
 from imagesynth.inputs.reference import ReferenceDecoder
 from imagesynth.inputs.uploads import UploadSigner
 from imagesynth.logs import log_handler
@@ -43,6 +44,8 @@ from imagesynth.tasks.maintenance import Maintenance
 from imagesynth.tasks.metrics import Metrics
 from imagesynth.tasks.prompt_stage import PromptStage
 from imagesynth.tasks.service import TaskService
+from imagesynth.tasks.webhook_sender import WebhookSender
+from imagesynth.tasks.webhooks import WebhookAdmin
 from imagesynth.weights.resolve import WeightsChoice, resolve_catalog
 
 if TYPE_CHECKING:
@@ -180,6 +183,7 @@ class Runtime:
                 # worker): only the configuration says whether there is one.
                 rewrite_prompts=self.rewriter_kind != "none",
                 references=ReferenceDecoder(s.max_reference_decodes),
+                callback_allow=self.allow_networks,
             ),
             keys=keys,
             blobs=self.blobs,
@@ -187,12 +191,46 @@ class Runtime:
             fetch_policy=FetchPolicy(
                 max_bytes=s.fetch_max_bytes,
                 timeout_seconds=s.fetch_timeout_seconds,
-                allow=parse_networks(s.fetch_allow_networks),
+                allow=self.allow_networks,
             ),
             uploads=UploadSigner(self.secret, s.upload_ttl_seconds, s.fetch_max_bytes),
             admin=self.admin(keys),
             state=self.stores.workers,
             metrics=self.api_metrics,
+            events=self.stores.events,
+            webhooks=self.webhook_admin(keys),
+        )
+
+    @functools.cached_property
+    def allow_networks(self) -> tuple[IPNetwork, ...]:
+        """Private networks that reference fetches and webhook deliveries may reach."""
+        return parse_networks(self.settings.fetch_allow_networks)
+
+    def webhook_admin(self, keys: KeyService | None = None) -> WebhookAdmin:
+        return WebhookAdmin(
+            self.stores.webhooks, keys or KeyService(self.stores.keys), self.allow_networks
+        )
+
+    def webhook_sender(self, base_url: str) -> WebhookSender:
+        """The outbox's sender for an API process; result links in the bodies start with
+        IMAGESYNTH_PUBLIC_URL, or `base_url` (where this process listens) without it."""
+        s = self.settings
+        return WebhookSender(
+            self.stores.webhooks,
+            self.stores.tasks,
+            query_reply_renderer(
+                self.catalog, self.blobs, s.public_url or base_url, s.url_ttl_seconds
+            ),
+            FetchPolicy(
+                max_bytes=64 * 1024,  # of the receiver's answer, kept for the log
+                timeout_seconds=s.webhook_timeout_seconds,
+                allow=self.allow_networks,
+            ),
+            retry_seconds=s.webhook_retry_seconds,
+            retry_max_seconds=s.webhook_retry_max_seconds,
+            give_up_seconds=s.webhook_give_up_seconds,
+            poll_seconds=s.webhook_poll_seconds,
+            concurrency=s.webhook_concurrency,
             events=self.stores.events,
         )
 
@@ -232,6 +270,7 @@ class Runtime:
             self.blobs,
             s.retention_seconds,
             s.upload_ttl_seconds,
+            webhooks=self.stores.webhooks,
         )
 
     def worker(self, models: list[str] | None = None, device: str | None = None) -> Worker:

@@ -2,10 +2,10 @@
 
 From a real Settings on a temporary IMAGESYNTH_HOME (a real SQLite store, real result files):
 `Runtime.open(settings)`, `rt.services()`, `create_app(services, on_startup, on_shutdown)`, with
-the background work `serve` starts in the app's lifespan: the maintenance pass, the prompt
-stage (where asked for) and worker threads running `rt.worker().run(stop)` on the tiny demo
-pipelines. Nothing but those entry points (and the admin service, for keys) is used, so the
-harness holds while the insides of `imagesynth` move.
+the background work `serve` starts in the app's lifespan: the maintenance pass, the webhook
+sender, the prompt stage (where asked for) and worker threads running `rt.worker().run(stop)`
+on the tiny demo pipelines. Nothing but those entry points (and the admin service, for keys) is
+used, so the harness holds while the insides of `imagesynth` move.
 
 Two transports, both running the app's lifespan (startup and shutdown hooks):
 
@@ -153,6 +153,7 @@ class InProcessService(ApiClient):
         self._threads.append(
             self.runtime.maintenance().start(self._stop, s.maintenance_interval_seconds)
         )
+        self._threads.append(self.runtime.webhook_sender(self.url).start(self._stop))
         if self._prompt_stage:
             self._threads.extend(self.runtime.prompt_stage().start(self._stop))
         for _ in range(self._workers):
@@ -222,17 +223,25 @@ class InProcessService(ApiClient):
                 finally:
                     self._test_client = None
         else:
-            with uvicorn_thread(self.app) as url:
-                self.url = url
+            sock = loopback_socket()
+            # Known before the lifespan starts: the webhook sender's links start with it.
+            self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            with uvicorn_thread(self.app, sock):
                 yield
 
 
-@contextmanager
-def uvicorn_thread(app: Any) -> Iterator[str]:
-    """`app` served as `imagesynth serve` serves it (api/server.py `server_config`: the same
-    HTTP protocol class and limits) on a free loopback port from a thread; its base URL."""
+def loopback_socket() -> socket.socket:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def uvicorn_thread(app: Any, sock: socket.socket | None = None) -> Iterator[str]:
+    """`app` served as `imagesynth serve` serves it (api/server.py `server_config`: the same
+    HTTP protocol class and limits) on a free loopback port (or `sock`) from a thread; its
+    base URL."""
+    sock = sock or loopback_socket()
     port = sock.getsockname()[1]
     config = server_config(app, host="127.0.0.1", port=port, log_level="warning")
     config.lifespan = "on"

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import pytest
 from dashscope import ImageSynthesis
+from openai import OpenAI
 
 from imagesynth.config import Settings
 from tests.integration.conftest import sdk_pointed_at
@@ -114,6 +115,15 @@ def test_openai_compatible_rewriter_and_its_timeout(
     plain = generate(server, "a lighthouse", prompt_extend=False)
     assert "actual_prompt" not in plain.output.results[0]
     assert len(FakeLLM.requests) == 2
+
+    # The OpenAI front: the rewrite is the image's revised_prompt; none when not asked for.
+    client = OpenAI(base_url=server.url + "/v1", api_key=server.key)
+    rewritten = client.images.generate(model=MODEL, prompt="a lighthouse", size="512x512")
+    assert rewritten.data and rewritten.data[0].revised_prompt == REWRITE
+    kept = client.images.generate(
+        model=MODEL, prompt="a lighthouse", size="512x512", extra_body={"prompt_extend": False}
+    )
+    assert kept.data and kept.data[0].revised_prompt is None
 
 
 def test_local_lm_rewriter_runs_through_transformers(

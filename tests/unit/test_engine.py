@@ -517,3 +517,32 @@ def test_a_call_for_several_tasks_gives_each_image_its_own_prompt_and_seed(
         (single,) = adapters[family].generate(alone, lambda done, total: None)
         assert max_diff(image, single) <= 1, (prompt, seed)
     assert np.abs(pixels(together[0]) - pixels(together[1])).mean() > 5
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_previews_at_the_asked_steps_one_per_image(
+    adapters: dict[Family, Engine], family: Family
+) -> None:
+    adapter = adapters[family]
+    assert adapter.capabilities.previews
+    seen: list[tuple[int, list[tuple[int, int]]]] = []
+    batch = GenerationBatch(
+        prompt="a cat",
+        negative_prompt="",
+        width=SMALL[0],
+        height=SMALL[1],
+        seeds=(1, 2),
+        steps=3,
+        guidance=4.0,
+        preview_steps=(1, 2),
+    )
+    images = adapter.generate(
+        batch,
+        lambda done, total: None,
+        lambda step, previews: seen.append((step, [p.size for p in previews])),
+    )
+    assert [step for step, _ in seen] == [1, 2]
+    for _, sizes in seen:
+        assert len(sizes) == 2  # one per image of the call
+        w, h = sizes[0]
+        assert 0 < w < images[0].width and 0 < h < images[0].height  # latent-sized, no decode

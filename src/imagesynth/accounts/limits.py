@@ -66,13 +66,13 @@ class Admission:
         """One submission against the key's per-model rate; 429 RateQuota beyond it."""
         rps = submission_rps(key, spec)
         if not self.buckets.take_token(f"submit:{key.id}:{spec.name}", rps, max(1.0, rps)):
-            raise RateQuotaExceeded()
+            raise RateQuotaExceeded(retry_after=1.0 / rps)
 
     def take_query(self, key: ApiKey) -> None:
         """One query, list or cancel request; 429 Throttling beyond the per-key rate."""
         rps = self.limits.query_rps
         if not self.buckets.take_token(f"query:{key.id}", rps, max(1.0, rps)):
-            raise Throttled()
+            raise Throttled(retry_after=1.0 / rps)
 
     def admit(
         self, key: ApiKey, params: GenerationParams, terms: TaskTerms

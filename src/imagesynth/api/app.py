@@ -13,6 +13,7 @@ from imagesynth.api import (
     routes_admin,
     routes_files,
     routes_multimodal,
+    routes_openai,
     routes_ops,
     routes_tasks,
     routes_uploads,
@@ -61,5 +62,6 @@ def create_app(
     app.include_router(routes_files.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_ops.router)
+    app.include_router(routes_openai.router)
     openapi.install(app)
     return app

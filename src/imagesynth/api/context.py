@@ -27,6 +27,10 @@ from imagesynth.tasks.metrics import Metrics
 from imagesynth.tasks.models import Task
 from imagesynth.tasks.ports import ServiceState, TaskEvents
 from imagesynth.tasks.service import TaskService
+from imagesynth.tasks.webhooks import WebhookAdmin
+
+# A submission's own webhook URL, beside the body's `parameters.callback_url` (docs/webhooks.md).
+CALLBACK_HEADER = "x-imagesynth-callback-url"
 
 
 @dataclass
@@ -43,6 +47,7 @@ class Services:
     state: ServiceState  # what /ready and /metrics read from the database
     metrics: Metrics  # this process's registry (GET /metrics)
     events: TaskEvents | None = None  # wake-ups for synchronous callers (None: they poll)
+    webhooks: WebhookAdmin | None = None  # webhook endpoints and deliveries (admin API)
 
 
 def services_of(request: Request) -> Services:
@@ -127,8 +132,17 @@ async def submit_task(
     model: str,
     fields: dict[str, Any],
     reference: Callable[[], bytes] | None = None,
+    callback_url: str | None = None,
 ) -> Task:
-    """Queue a task for this request (its request id and workspace recorded on the task)."""
+    """Queue a task for this request (its request id and workspace recorded on the task).
+    `callback_url`: the body's, if it names one; the X-ImageSynth-Callback-URL header's
+    otherwise (both, and different: 400)."""
+    header = request.headers.get(CALLBACK_HEADER) or None
+    if header is not None and callback_url is not None and header != callback_url:
+        raise InvalidParameter(
+            "callback_url: the X-ImageSynth-Callback-URL header and parameters.callback_url "
+            "name different URLs; give one"
+        )
     return await run_in_threadpool(
         functools.partial(
             services_of(request).tasks.submit,
@@ -138,5 +152,6 @@ async def submit_task(
             request_id=request_id_of(request),
             workspace=request.headers.get("x-dashscope-workspace"),
             reference=reference,
+            callback_url=callback_url or header,
         )
     )

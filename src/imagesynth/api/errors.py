@@ -4,6 +4,7 @@ with the DashScope error shape {request_id, code, message}."""
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagesynth import errors
-from imagesynth.api import sse
+from imagesynth.api import openai_errors, sse
 from imagesynth.api.context import request_id_of, services_of
 
 log = logging.getLogger(__name__)
@@ -70,21 +71,34 @@ def answer_for(request_id: str, exc: errors.ImageSynthError) -> tuple[int, str, 
     return status, code, exc.message
 
 
-def error_response(request: Request, status: int, code: str, message: str) -> Response:
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    exc: errors.ImageSynthError | None = None,
+) -> Response:
     # Every refusal passes here (domain errors, unrouted paths, bad bodies, unexpected ones).
     services_of(request).metrics.refused(code)
+    headers = {}
+    if status == 429 and exc is not None and exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if openai_errors.serves(request):
+        param = exc.param if exc is not None else None
+        return openai_errors.error_response(status, code, message, param, headers)
     if sse.streams(request):
         return sse.error_stream(status, request_id_of(request), code, message)
     return JSONResponse(
         {"request_id": request_id_of(request), "code": code, "message": message},
         status_code=status,
+        headers=headers,
     )
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.ImageSynthError)
     async def domain_error(request: Request, exc: errors.ImageSynthError) -> Response:
-        return error_response(request, *answer_for(request_id_of(request), exc))
+        return error_response(request, *answer_for(request_id_of(request), exc), exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -13,6 +13,8 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from imagesynth.api.openai_errors import PREFIX as OPENAI_PREFIX
+from imagesynth.api.openai_schemas import OpenAIErrorReply
 from imagesynth.api.schemas import ErrorReply
 
 _REF = "#/components/schemas/{model}"
@@ -44,6 +46,11 @@ def header(name: str, description: str, **schema: Any) -> dict[str, Any]:
 
 
 WORKSPACE = header("X-DashScope-WorkSpace", "Recorded on the task; filters the task list.")
+CALLBACK_URL = header(
+    "X-ImageSynth-Callback-URL",
+    "Beyond DashScope: a URL sent the task's end, signed per Standard Webhooks "
+    "(docs/webhooks.md); http(s), public addresses only.",
+)
 
 
 def operation(
@@ -74,7 +81,7 @@ def operation(
     return extra
 
 
-_DOCUMENTED: list[type[BaseModel]] = [ErrorReply]
+_DOCUMENTED: list[type[BaseModel]] = [ErrorReply, OpenAIErrorReply]
 
 
 def install(app: FastAPI) -> None:
@@ -102,12 +109,17 @@ def install(app: FastAPI) -> None:
             "description": "An error in DashScope's shape.",
             "content": {"application/json": {"schema": _schema_ref(ErrorReply)}},
         }
-        for path in doc["paths"].values():
+        openai_error = {
+            "description": "An error in OpenAI's shape.",
+            "content": {"application/json": {"schema": _schema_ref(OpenAIErrorReply)}},
+        }
+        for name, path in doc["paths"].items():
+            shape = openai_error if name.startswith(OPENAI_PREFIX) else error
             for op in path.values():
                 responses = op.setdefault("responses", {})
                 responses.pop("422", None)  # FastAPI's own validation reply, never sent here
-                responses.setdefault("4XX", error)
-                responses.setdefault("5XX", error)
+                responses.setdefault("4XX", shape)
+                responses.setdefault("5XX", shape)
         for unused in ("HTTPValidationError", "ValidationError"):  # only the 422s used them
             schemas.pop(unused, None)
         app.openapi_schema = doc

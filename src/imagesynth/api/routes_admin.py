@@ -1,4 +1,4 @@
-"""The admin API (/admin/v1): keys and usage, for the admin credential only.
+"""The admin API (/admin/v1): keys, usage and webhooks, for the admin credential only.
 
 Beyond DashScope, which administers keys in its console; the same operations as the
 `imagesynth keys` and `imagesynth usage` commands.
@@ -15,8 +15,9 @@ from starlette.concurrency import run_in_threadpool
 from imagesynth.accounts.admin import AdminService
 from imagesynth.api import openapi
 from imagesynth.api.context import query_text, read_json_object, request_id_of, services_of
-from imagesynth.api.schemas import KeyChange, KeyCreate
+from imagesynth.api.schemas import KeyChange, KeyCreate, WebhookCreate
 from imagesynth.errors import InvalidParameter
+from imagesynth.tasks.webhooks import WebhookAdmin
 
 router = APIRouter(prefix="/admin/v1")
 
@@ -90,3 +91,73 @@ async def usage(request: Request) -> dict[str, Any]:
     )
     currency = admin.catalog.billing.currency
     return {"request_id": request_id_of(request), "usage": [r.to_json(currency) for r in rows]}
+
+
+# -- webhooks (docs/webhooks.md) ------------------------------------------------------------
+
+
+async def _webhooks(request: Request) -> WebhookAdmin:
+    await _admin(request)
+    webhooks = services_of(request).webhooks
+    assert webhooks is not None, "Runtime.services builds the webhook admin"
+    return webhooks
+
+
+@router.post("/keys/{ref}/webhooks", openapi_extra=openapi.operation(body=WebhookCreate))
+async def add_webhook(request: Request, ref: str) -> dict[str, Any]:
+    """Register an endpoint for the key's task ends; its secret is shown only in this reply."""
+    webhooks = await _webhooks(request)
+    url, events = WebhookCreate.parse(await read_json_object(request))
+    endpoint, secret = await run_in_threadpool(webhooks.add, ref, url, events)
+    return {"request_id": request_id_of(request), "webhook": endpoint.to_json(), "secret": secret}
+
+
+@router.get("/keys/{ref}/webhooks", openapi_extra=openapi.operation())
+async def list_webhooks(request: Request, ref: str) -> dict[str, Any]:
+    webhooks = await _webhooks(request)
+    endpoints = await run_in_threadpool(webhooks.endpoints, ref)
+    return {"request_id": request_id_of(request), "webhooks": [e.to_json() for e in endpoints]}
+
+
+@router.delete("/keys/{ref}/webhooks/{endpoint_id}", openapi_extra=openapi.operation())
+async def remove_webhook(request: Request, ref: str, endpoint_id: str) -> dict[str, Any]:
+    webhooks = await _webhooks(request)
+    await run_in_threadpool(webhooks.remove, ref, endpoint_id)
+    return {"request_id": request_id_of(request)}
+
+
+@router.get("/keys/{ref}/webhook-secret", openapi_extra=openapi.operation())
+async def webhook_secret(request: Request, ref: str) -> dict[str, Any]:
+    """The secret that signs deliveries to the callback URLs of the key's submissions."""
+    webhooks = await _webhooks(request)
+    secret = await run_in_threadpool(webhooks.callback_secret, ref)
+    return {"request_id": request_id_of(request), "secret": secret}
+
+
+@router.get(
+    "/webhooks/deliveries",
+    openapi_extra=openapi.operation(
+        parameters=[
+            openapi.query(
+                "status",
+                "Only deliveries in this state.",
+                type="string",
+                enum=["pending", "delivered", "failed"],
+            ),
+            openapi.query("key", "Only this key's (id, name or prefix)."),
+            openapi.query("task_id", "Only this task's."),
+        ]
+    ),
+)
+async def webhook_deliveries(request: Request) -> dict[str, Any]:
+    """Deliveries, newest first (at most 100), each with the log of its attempts."""
+    webhooks = await _webhooks(request)
+    rows = await run_in_threadpool(
+        functools.partial(
+            webhooks.deliveries,
+            status=query_text(request, "status"),
+            key=query_text(request, "key"),
+            task_id=query_text(request, "task_id"),
+        )
+    )
+    return {"request_id": request_id_of(request), "deliveries": [d.to_json() for d in rows]}

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from imagesynth.api import openapi
 from imagesynth.api.context import services_of
 from imagesynth.errors import ResourceNotFound, SignatureInvalid
+from imagesynth.storage.png import media_type
 
 router = APIRouter()
 
@@ -47,7 +48,7 @@ async def get_file(request: Request, key: str) -> Response:
     data = await run_in_threadpool(svc.blobs.read, key)
     if data is None:
         raise ResourceNotFound("The file does not exist or has expired.")
-    return Response(data, media_type="image/png")
+    return Response(data, media_type=media_type(key))
 
 
 @router.get("/health", openapi_extra=openapi.operation(auth=False))

@@ -38,6 +38,7 @@ _STREAM_HEADERS = [
         enum=["enable"],
     ),
     openapi.WORKSPACE,
+    openapi.CALLBACK_URL,
 ]
 
 
@@ -46,7 +47,9 @@ async def _accept(request: Request, endpoint: str) -> tuple[ModelSpec, Task]:
     key = await authenticate(request)
     body = MultimodalRequest.parse(await read_json_object(request))
     spec = served_on(services_of(request).catalog.get(body.model), endpoint)
-    return spec, await submit_task(request, key, spec.name, body.generation_fields())
+    return spec, await submit_task(
+        request, key, spec.name, body.generation_fields(), callback_url=body.callback_url
+    )
 
 
 async def _answer_sync(

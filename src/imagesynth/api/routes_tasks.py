@@ -8,8 +8,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
 
-from imagesynth.api import openapi
+from imagesynth.api import openapi, sse
 from imagesynth.api.context import (
     authenticate,
     is_async,
@@ -29,6 +30,7 @@ from imagesynth.api.schemas import (
     unknown_task_reply,
 )
 from imagesynth.api.sync_wait import wait_for_end
+from imagesynth.api.task_events import task_events
 from imagesynth.domain import TaskStatus, parse_digits
 from imagesynth.errors import AccessDenied, InvalidParameter
 from imagesynth.tasks.models import Task, TaskFilter
@@ -70,6 +72,7 @@ _LIST_DOC = openapi.operation(
             openapi.header(
                 "X-DashScope-OssResourceResolve", "enable: ref_img is an oss:// upload."
             ),
+            openapi.CALLBACK_URL,
         ],
     ),
 )
@@ -89,6 +92,7 @@ async def submit(request: Request) -> dict[str, Any]:
         spec.name,
         body.generation_fields(),
         reference=None if reference_url is None else reference_loader(request, key, reference_url),
+        callback_url=body.callback_url,
     )
     if not synchronous:
         return {
@@ -99,8 +103,34 @@ async def submit(request: Request) -> dict[str, Any]:
     return task_reply(request_id_of(request), task, spec, url_for(request))
 
 
-@router.get("/api/v1/tasks/{task_id}", openapi_extra=openapi.operation())
-async def query(request: Request, task_id: str) -> dict[str, Any]:
+_STREAM_DOC = openapi.operation(
+    parameters=[
+        openapi.query(
+            "previews",
+            "true: progress events carry the latest preview image (tasks that asked for "
+            "partial_images) as a data: URL.",
+            type="boolean",
+        )
+    ]
+)
+
+
+@router.get(
+    "/api/v1/tasks/{task_id}",
+    response_model=None,
+    openapi_extra=openapi.operation(
+        parameters=[
+            openapi.header(
+                "Accept",
+                "text/event-stream: follow the task as events (as .../events does).",
+                type="string",
+            )
+        ]
+    ),
+)
+async def query(request: Request, task_id: str) -> dict[str, Any] | StreamingResponse:
+    if sse.wants_stream(request):
+        return await events(request, task_id)
     svc = services_of(request)
     key = await authenticate(request)
     task = await run_in_threadpool(svc.tasks.get, key, task_id)
@@ -108,6 +138,23 @@ async def query(request: Request, task_id: str) -> dict[str, Any]:
         return unknown_task_reply(request_id_of(request), task_id)
     spec = svc.catalog.models.get(task.model)
     return task_reply(request_id_of(request), task, spec, url_for(request))
+
+
+@router.get("/api/v1/tasks/{task_id}/events", openapi_extra=_STREAM_DOC)
+async def events(request: Request, task_id: str) -> StreamingResponse:
+    """The task's progress as Server-Sent Events (docs/progress-streams.md): `status` on each
+    status change, `progress` on each step (with `preview` when asked), then `result` with
+    the query reply, and the stream ends."""
+    sse.mark_stream(request)
+    svc = services_of(request)
+    key = await authenticate(request)
+    task = await run_in_threadpool(svc.tasks.get, key, task_id)
+    with_previews = (request.query_params.get("previews") or "").lower() in ("true", "1")
+    return StreamingResponse(
+        task_events(request, task_id, task, with_previews),
+        media_type=sse.MEDIA_TYPE,
+        headers=sse.HEADERS,
+    )
 
 
 @router.post("/api/v1/tasks/{task_id}/cancel", openapi_extra=openapi.operation())

@@ -19,7 +19,7 @@ from pydantic import (
 from pydantic import ValidationError as PydanticValidationError
 
 from imagesynth.catalog import ModelSpec
-from imagesynth.domain import SEED_MAX, TaskStatus
+from imagesynth.domain import MAX_PARTIAL_IMAGES, SEED_MAX, TaskStatus
 from imagesynth.errors import EmptyInput, EmptyModel, InvalidParameter
 from imagesynth.tasks.models import Task
 
@@ -75,6 +75,9 @@ class SynthesisInput(_Loose):
         return self.ref_img if self.ref_img is not None else self.ref_image
 
 
+_NOT_GENERATION = frozenset({"callback_url"})
+
+
 class SynthesisParameters(_Loose):
     size: StrictStr | None = _doc("W*H, per model (see the README).", pattern=r"^\d+\*\d+$")
     n: StrictInt | None = _doc("Images: 1..4 (Qwen-Image 1).", minimum=1, maximum=4)
@@ -86,15 +89,38 @@ class SynthesisParameters(_Loose):
     style: StrictStr | None = _doc("wanx-v1 only, e.g. <watercolor>.")
     ref_strength: StrictFloat | StrictInt | None = _doc("0..1.", minimum=0, maximum=1)
     ref_mode: StrictStr | None = _doc("repaint or refonly.", enum=["repaint", "refonly"])
+    partial_images: StrictInt | None = _doc(
+        "Beyond DashScope: previews made while denoising, read from the task's progress "
+        "stream with ?previews=true.",
+        minimum=0,
+        maximum=MAX_PARTIAL_IMAGES,
+    )
+    callback_url: StrictStr | None = _doc(
+        "Beyond DashScope: a URL sent the task's end, signed (docs/webhooks.md); the same as "
+        "the X-ImageSynth-Callback-URL header."
+    )
 
     def fields(self) -> dict[str, Any]:
-        """As ModelSpec.validate names them (each declared field; extra ones are ignored)."""
-        return {name: getattr(self, name) for name in type(self).model_fields}
+        """As ModelSpec.validate names them (each declared field but the callback URL, which
+        is not a generation parameter; extra ones are ignored)."""
+        return {
+            name: getattr(self, name)
+            for name in type(self).model_fields
+            if name not in _NOT_GENERATION
+        }
 
 
 def _validate(cls: type[_R], body: dict[str, Any]) -> _R:
     """Parse a request body, turning the first type error into an InvalidParameter that names
     the field, and a missing model into BadRequest.EmptyModel."""
+    request = _validate_fields(cls, body)
+    if not getattr(request, "model", None):
+        raise EmptyModel()
+    return request
+
+
+def _validate_fields(cls: type[_R], body: dict[str, Any]) -> _R:
+    """Parse a body, turning the first type error into an InvalidParameter naming the field."""
     try:
         request = cls.model_validate(body)
     except PydanticValidationError as exc:
@@ -103,8 +129,6 @@ def _validate(cls: type[_R], body: dict[str, Any]) -> _R:
         while where and where[-1] in _UNION_TAGS:  # "guidance.float" -> "guidance"
             where.pop()
         raise InvalidParameter(f"{'.'.join(where)}: {first['msg']}") from None
-    if not getattr(request, "model", None):
-        raise EmptyModel()
     return request
 
 
@@ -131,6 +155,10 @@ class SynthesisRequest(_Loose):
             "negative_prompt": self.input.negative_prompt,
             "has_reference": self.input.reference is not None,
         }
+
+    @property
+    def callback_url(self) -> str | None:
+        return self.parameters.callback_url if self.parameters else None
 
 
 class MultimodalParameters(SynthesisParameters):
@@ -191,6 +219,10 @@ class MultimodalRequest(_Loose):
     def generation_fields(self) -> dict[str, Any]:
         p = self.parameters or MultimodalParameters()
         return {**p.fields(), "prompt": self.prompt(), "negative_prompt": p.negative_prompt}
+
+    @property
+    def callback_url(self) -> str | None:
+        return self.parameters.callback_url if self.parameters else None
 
 
 def _stored_metrics(task: Task) -> dict[str, int]:
@@ -269,6 +301,9 @@ def task_output(task: Task, spec: ModelSpec | None, url_for: UrlFor) -> dict[str
         out["task_metrics"] = {"TOTAL": total, "SUCCEEDED": 0, "FAILED": 0}
         # Beyond DashScope: how far the denoising loop has got.
         out["task_progress"] = {"step": task.progress_step, "steps": task.progress_total}
+        if spec is not None and spec.backend != "diffusers":
+            # A remote engine tells no steps: the task says so rather than showing 0 forever.
+            out["task_progress"]["reported"] = False
     elif task.status == TaskStatus.SUCCEEDED and spec is not None and spec.messages_protocol:
         # A wan2.6 task: its images as the protocol's one assistant message.
         out["finished"] = True
@@ -372,3 +407,22 @@ class KeyCreate(KeyChange):
     """POST /admin/v1/keys: a name, and any settings of PATCH."""
 
     name: str = Field(min_length=1, max_length=200)
+
+
+class WebhookCreate(_Loose):
+    """POST /admin/v1/keys/{ref}/webhooks: an endpoint told of the key's task ends."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"required": ["url"]})
+
+    url: StrictStr | None = _doc("http(s) URL on a public address.")
+    events: list[StrictStr] | None = _doc(
+        "Only these events (default all): task.succeeded, task.failed, task.canceled."
+    )
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> tuple[str, list[str] | None]:
+        """(url, events) of the body."""
+        request = _validate_fields(cls, body)
+        if not request.url:
+            raise InvalidParameter("url: a webhook endpoint needs a URL")
+        return request.url, request.events

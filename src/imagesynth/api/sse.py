@@ -49,6 +49,12 @@ def frame(event_id: int, event: str, status: int, data: dict[str, Any]) -> bytes
     return f"id:{event_id}\nevent:{event}\n:HTTP_STATUS/{status}\ndata:{body}\n\n".encode()
 
 
+def event(kind: str, data: dict[str, Any]) -> bytes:
+    """A plain event (the OpenAI front's framing: no id, no status comment)."""
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {kind}\ndata: {body}\n\n".encode()
+
+
 def error_frame(event_id: int, request_id: str, status: int, code: str, message: str) -> bytes:
     return frame(
         event_id, "error", status, {"code": code, "message": message, "request_id": request_id}

@@ -16,6 +16,7 @@ from imagesynth.db.queue import SqlTaskQueue
 from imagesynth.db.rate_buckets import SqlRateBuckets
 from imagesynth.db.schema import init_schema
 from imagesynth.db.tasks import SqlTaskStore
+from imagesynth.db.webhooks import SqlWebhooks
 from imagesynth.db.workers import SqlWorkers
 from imagesynth.tasks.events import EventHub
 
@@ -32,6 +33,7 @@ class SqlStores:
     buckets: SqlRateBuckets
     ledger: SqlLedger
     workers: SqlWorkers  # the workers table, and what /ready and /metrics read
+    webhooks: SqlWebhooks  # endpoints, callback secrets and the outbox (docs/webhooks.md)
     listener: PgListener | None  # PostgreSQL's NOTIFY relay, started by the first `events`
 
     @classmethod
@@ -48,6 +50,7 @@ class SqlStores:
             buckets=SqlRateBuckets(db),
             ledger=SqlLedger(db),
             workers=SqlWorkers(db),
+            webhooks=SqlWebhooks(db),
             listener=(
                 PgListener(db.dialect.dsn, db.events)
                 if isinstance(db.dialect, PostgresDialect)

@@ -45,6 +45,8 @@ class Dialect(Protocol):
     schema_lock: str
     claim_lock: str
     key_lock: str
+    # Appended to a SELECT that claims rows: several processes take different ones.
+    skip_locked: str
 
     def connect(self) -> Any: ...
     def translate(self, sql: str) -> str: ...
@@ -65,6 +67,7 @@ class SqliteDialect:
     schema_lock: str = ""
     claim_lock: str = ""
     key_lock: str = ""
+    skip_locked: str = ""  # SQLite's one writer at a time: nothing to skip
 
     def connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +111,7 @@ class PostgresDialect:
     # transactions, which row locks cannot protect. A claim takes ~2 ms: 500 claims/s.
     claim_lock: str = PG_CLAIM_LOCK
     key_lock: str = PG_KEY_LOCK
+    skip_locked: str = " FOR UPDATE SKIP LOCKED"
 
     def connect(self) -> Any:
         import psycopg  # optional dependency: only PostgreSQL deployments need it

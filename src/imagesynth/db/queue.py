@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from imagesynth.db.database import Database
 from imagesynth.db.ledger import record_finished
 from imagesynth.db.rows import LEDGER_SOURCE, TASK_COLUMNS, row_to_task
+from imagesynth.db.webhooks import enqueue_ended
 from imagesynth.domain import TaskStatus
 from imagesynth.errors import FailureCode
-from imagesynth.tasks.events import CLAIMABLE, ENDED
+from imagesynth.tasks.events import CLAIMABLE, ENDED, PROGRESS
 from imagesynth.tasks.models import ImageResult, Task
 
 LOST = FailureCode.WORKER_LOST
@@ -65,7 +66,7 @@ class SqlTaskQueue:
                 )
                 UPDATE tasks SET status = 'RUNNING', worker_id = :worker,
                     attempts = attempts + 1, lease_until = {{now}} + :lease,
-                    started_at = COALESCE(started_at, {{now}}), progress_step = 0
+                    started_at = COALESCE(started_at, {{now}}), progress_step = 0, previews_made = 0
                 WHERE id = (SELECT id FROM next_task) AND status = 'PENDING'
                 RETURNING {TASK_COLUMNS}""",
                 {
@@ -97,14 +98,27 @@ class SqlTaskQueue:
         ).fetchall()
         return {r["id"] for r in rows if r["cancel_requested"]}
 
-    def set_progress(self, task_id: str, worker_id: str, attempt: int, step: int) -> bool:
-        cur = self.db.execute(
-            """UPDATE tasks SET progress_step = :step
-            WHERE id = :id AND worker_id = :worker AND attempts = :attempt
-              AND status = 'RUNNING'""",
-            {"id": task_id, "worker": worker_id, "attempt": attempt, "step": step},
-        )
-        return bool(cur.rowcount == 1)
+    def set_progress(
+        self, task_id: str, worker_id: str, attempt: int, step: int, previews: int | None = None
+    ) -> bool:
+        with self.db.transaction():
+            cur = self.db.execute(
+                """UPDATE tasks SET progress_step = :step,
+                    previews_made = COALESCE(:previews, previews_made)
+                WHERE id = :id AND worker_id = :worker AND attempts = :attempt
+                  AND status = 'RUNNING'""",
+                {
+                    "id": task_id,
+                    "worker": worker_id,
+                    "attempt": attempt,
+                    "step": step,
+                    "previews": previews,
+                },
+            )
+            moved = bool(cur.rowcount == 1)
+            if moved:
+                self.db.notify((PROGRESS, task_id))
+        return moved
 
     def finish(
         self,
@@ -142,6 +156,7 @@ class SqlTaskQueue:
                 return False
             images = sum(1 for r in results if r.blob_key) if status == TaskStatus.SUCCEEDED else 0
             record_finished(self.db, [row], images)
+            enqueue_ended(self.db, [task_id])
             # Its end, and its key's in-flight slot came free.
             self.db.notify((ENDED, task_id), (CLAIMABLE, row["model"]))
         return True
@@ -150,7 +165,7 @@ class SqlTaskQueue:
         """Hand a task back to the queue on a clean shutdown; the attempt does not count."""
         rows = self.db.execute(
             """UPDATE tasks SET status = 'PENDING', worker_id = NULL, lease_until = NULL,
-                attempts = attempts - 1, progress_step = 0
+                attempts = attempts - 1, progress_step = 0, previews_made = 0
             WHERE id = :id AND worker_id = :worker AND attempts = :attempt
               AND status = 'RUNNING'
             RETURNING model""",
@@ -177,7 +192,7 @@ class SqlTaskQueue:
                                          ELSE NULL END,
                     finished_at = CASE WHEN cancel_requested = 1 OR attempts >= max_attempts
                                        THEN {{now}} ELSE NULL END,
-                    worker_id = NULL, lease_until = NULL, progress_step = 0
+                    worker_id = NULL, lease_until = NULL, progress_step = 0, previews_made = 0
                 WHERE status = 'RUNNING' AND lease_until < {{now}}
                 RETURNING {LEDGER_SOURCE}""",
                 {
@@ -185,7 +200,9 @@ class SqlTaskQueue:
                     "lost_message": FailureCode.WORKER_LOST.message,
                 },
             ).fetchall()
-            record_finished(self.db, [r for r in rows if TaskStatus(r["status"]).is_final])
+            ended = [r for r in rows if TaskStatus(r["status"]).is_final]
+            record_finished(self.db, ended)
+            enqueue_ended(self.db, [r["id"] for r in ended])
             self.db.notify(
                 *((ENDED, r["id"]) for r in rows if TaskStatus(r["status"]).is_final),
                 *((CLAIMABLE, model) for model in {r["model"] for r in rows}),

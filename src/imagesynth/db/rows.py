@@ -14,7 +14,8 @@ TASK_COLUMNS = (
     "id, seq, api_key_id, model, params, status, request_id, workspace, attempts, max_attempts, "
     "worker_id, lease_until, cancel_requested, created_at, started_at, finished_at, "
     "progress_step, progress_total, results, error_code, error_message, "
-    "n, in_flight, price_micros, free_quota, free_until, actual_prompt, prompt_ready, prompt_note"
+    "n, in_flight, price_micros, free_quota, free_until, actual_prompt, prompt_ready, prompt_note, "
+    "previews_made, callback_url"
 )
 KEY_COLUMNS = "id, name, prefix, created_at, last_used_at, revoked_at, settings"
 # What a statement that ends tasks returns for the usage ledger (ledger.record_finished).
@@ -43,6 +44,7 @@ def row_to_task(row: Any) -> Task:
         finished_at=row["finished_at"],
         progress_step=row["progress_step"],
         progress_total=row["progress_total"],
+        previews_made=row["previews_made"],
         results=[ImageResult.from_json(r) for r in json.loads(row["results"] or "[]")],
         error_code=row["error_code"],
         error_message=row["error_message"],
@@ -55,6 +57,7 @@ def row_to_task(row: Any) -> Task:
         actual_prompt=row["actual_prompt"],
         prompt_ready=bool(row["prompt_ready"]),
         prompt_note=row["prompt_note"],
+        callback_url=row["callback_url"],
     )
 
 

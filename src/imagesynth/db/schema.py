@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     prompt_ready INTEGER NOT NULL DEFAULT 1,
     prompt_note TEXT,
     prompt_lease_until {real},
-    batch_key TEXT
+    batch_key TEXT,
+    callback_url TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_running ON tasks (lease_until) WHERE status = 'RUNNING';
 CREATE INDEX IF NOT EXISTS tasks_seq ON tasks (seq);
@@ -79,6 +80,50 @@ CREATE TABLE IF NOT EXISTS workers (
     models TEXT NOT NULL,
     last_seen {real} NOT NULL
 );
+CREATE TABLE IF NOT EXISTS webhook_endpoints (
+    id TEXT PRIMARY KEY,
+    api_key_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    events TEXT,
+    secret TEXT NOT NULL,
+    created_at {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_endpoints_by_key ON webhook_endpoints (api_key_id);
+CREATE TABLE IF NOT EXISTS webhook_secrets (
+    api_key_id TEXT PRIMARY KEY,
+    secret TEXT NOT NULL,
+    created_at {real} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    api_key_id TEXT NOT NULL,
+    endpoint_id TEXT,
+    url TEXT NOT NULL,
+    event TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at {real} NOT NULL,
+    next_at {real} NOT NULL,
+    lease_owner TEXT,
+    lease_until {real},
+    finished_at {real},
+    body TEXT,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_at)
+    WHERE status = 'PENDING';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_by_status ON webhook_deliveries (status, created_at);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_by_task ON webhook_deliveries (task_id);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    delivery_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at {real} NOT NULL,
+    status_code INTEGER,
+    error TEXT,
+    duration_ms INTEGER NOT NULL,
+    PRIMARY KEY (delivery_id, attempt)
+);
 """
 
 # Columns added after the first release: ALTERed into databases created before them.
@@ -93,7 +138,9 @@ _ADDED_COLUMNS = (
     ("tasks", "prompt_note", "TEXT"),
     ("tasks", "prompt_lease_until", "{real}"),
     ("tasks", "batch_key", "TEXT"),  # GenerationParams.batch_key; NULL: never batched
+    ("tasks", "previews_made", "INTEGER NOT NULL DEFAULT 0"),  # Task.previews_made
     ("api_keys", "settings", "TEXT"),
+    ("tasks", "callback_url", "TEXT"),  # a submission's own webhook URL (docs/webhooks.md)
 )
 # Indexes on added columns: created once the columns surely exist.
 _LATE_INDEXES = (

@@ -13,6 +13,7 @@ from imagesynth.accounts.models import KeyStanding, TaskTerms
 from imagesynth.db.database import FINAL_STATUSES, Database
 from imagesynth.db.ledger import key_standing, record_finished
 from imagesynth.db.rows import LEDGER_SOURCE, TASK_COLUMNS, row_to_task
+from imagesynth.db.webhooks import enqueue_ended
 from imagesynth.domain import GenerationParams, TaskStatus
 from imagesynth.tasks.events import CLAIMABLE, ENDED, REWRITE
 from imagesynth.tasks.models import Task, TaskFilter
@@ -36,11 +37,13 @@ class SqlTaskStore:
         admit: Callable[[KeyStanding], None] | None = None,
         month_start: float = 0.0,
         rewrite_prompt: bool = False,
+        callback_url: str | None = None,
     ) -> Task:
         """Queue a task. `admit` sees the key's standing under the key's lock and raises to
         refuse the task, so quota checks and the insert are one atomic step even with
         several API processes on one database. With `rewrite_prompt`, no worker takes the
-        task until the prompt stage has rewritten its prompt (PromptQueue.set_actual_prompt)."""
+        task until the prompt stage has rewritten its prompt (PromptQueue.set_actual_prompt).
+        `callback_url` is told of the task's end too (db/webhooks.py)."""
         terms = terms or TaskTerms()
         with self.db.transaction():
             self.db.lock_key(api_key_id)
@@ -50,10 +53,11 @@ class SqlTaskStore:
             row = self.db.execute(
                 f"""INSERT INTO tasks (id, seq, api_key_id, model, params, status, request_id,
                     workspace, max_attempts, created_at, progress_total, n, in_flight,
-                    price_micros, free_quota, free_until, prompt_ready, batch_key)
+                    price_micros, free_quota, free_until, prompt_ready, batch_key, callback_url)
                 VALUES (:id, {{next_seq}}, :key, :model,
                     :params, 'PENDING', :request_id, :workspace, :max_attempts, {{now}}, :steps,
-                    :n, :in_flight, :price, :free_quota, :free_until, :prompt_ready, :batch_key)
+                    :n, :in_flight, :price, :free_quota, :free_until, :prompt_ready, :batch_key,
+                    :callback_url)
                 RETURNING {TASK_COLUMNS}""",
                 {
                     "id": task_id,
@@ -71,6 +75,7 @@ class SqlTaskStore:
                     "free_until": terms.free_until,
                     "prompt_ready": 0 if rewrite_prompt else 1,
                     "batch_key": params.batch_key,
+                    "callback_url": callback_url,
                 },
             ).fetchone()
             self.db.notify((REWRITE if rewrite_prompt else CLAIMABLE, model))
@@ -115,6 +120,7 @@ class SqlTaskStore:
                 {"id": task_id, "key": api_key_id},
             ).fetchall()
             record_finished(self.db, rows)
+            enqueue_ended(self.db, [row["id"] for row in rows])
             self.db.notify(*((ENDED, row["id"]) for row in rows))
         return len(rows) == 1
 
@@ -128,6 +134,7 @@ class SqlTaskStore:
                 {"id": task_id},
             ).fetchall()
             record_finished(self.db, rows)
+            enqueue_ended(self.db, [row["id"] for row in rows])
             self.db.notify(*((ENDED, row["id"]) for row in rows))
         if rows:
             return TaskStatus.CANCELED

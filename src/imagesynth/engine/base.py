@@ -16,10 +16,15 @@ from typing import Protocol
 from PIL import Image
 
 from imagesynth.domain import Backend, Cache, Family, Offload, SchedulerValue
+from imagesynth.errors import FailureCode
 
 # Called after each denoising step with (steps_done, steps_total). It may raise to abort the
 # call; the adapter lets the exception propagate and stays usable for the next call.
 StepCallback = Callable[[int, int], None]
+# Called after each step in GenerationBatch.preview_steps with (steps_done, previews): one small
+# RGB picture per image of the call, projected from its latents (no VAE decode). It may raise,
+# as on_step may.
+PreviewCallback = Callable[[int, list[Image.Image]], None]
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,32 @@ class Levers:
 
 
 @dataclass(frozen=True)
+class RemoteEndpoint:
+    """A server that speaks the OpenAI Images API (backend "openai-images").
+
+    endpoint: its base URL, ".../v1". model: the name it serves. api_key: sent as Bearer.
+    timeout: seconds one request may take. retries: how often a failed request is retried.
+    seed_offsets: whether image i of a request with n > 1 gets seed + i there.
+    """
+
+    endpoint: str
+    model: str
+    api_key: str | None = None
+    timeout: float = 600.0
+    retries: int = 4
+    seed_offsets: bool = False
+
+
+class EngineFailure(Exception):
+    """A call failed in a way the task should tell: its failure code and what happened."""
+
+    def __init__(self, code: FailureCode, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
 class EngineSpec:
     """Where a pipeline's weights are and how to run them.
 
@@ -95,6 +126,7 @@ class EngineSpec:
     ip_adapter: IPAdapterWeights | None = None
     loras: tuple[LoraWeights, ...] = ()
     levers: Levers = Levers()
+    remote: RemoteEndpoint | None = None  # backend "openai-images" only
 
 
 @dataclass(frozen=True)
@@ -123,6 +155,9 @@ class GenerationBatch:
     # Empty: every image uses `prompt` and `negative_prompt`.
     prompts: tuple[str, ...] = ()
     negative_prompts: tuple[str, ...] = ()
+    # After which denoising steps (1-based) `on_preview` gets previews; needs the engine's
+    # `previews` capability.
+    preview_steps: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("prompts", "negative_prompts"):
@@ -136,6 +171,7 @@ class Capabilities:
     """What an engine can do beyond making images.
 
     progress: it calls `on_step` after each denoising step, so a task shows its progress.
+    previews: it calls `on_preview` at the batch's preview_steps with cheap previews.
     cancel: an exception raised from `on_step` stops the call, so a cancelled (or handed
     back) task stops at its next step; without it the worker waits for the call to end and
     then discards its images.
@@ -143,6 +179,7 @@ class Capabilities:
 
     progress: bool = True
     cancel: bool = True
+    previews: bool = False
 
 
 class Engine(Protocol):
@@ -154,8 +191,14 @@ class Engine(Protocol):
     def load(self) -> None:
         """Load the weights onto the device. Called once, before any `generate`."""
 
-    def generate(self, batch: GenerationBatch, on_step: StepCallback) -> list[Image.Image]:
+    def generate(
+        self,
+        batch: GenerationBatch,
+        on_step: StepCallback,
+        on_preview: PreviewCallback | None = None,
+    ) -> list[Image.Image]:
         """Run one call. Returns exactly len(batch.seeds) RGB images of exactly
-        batch.width x batch.height pixels, in seed order. Calls `on_step` as its
-        capabilities say; an exception from it propagates and the engine stays usable."""
+        batch.width x batch.height pixels, in seed order. Calls `on_step` (and, given one,
+        `on_preview`) as its capabilities say; an exception from either propagates and the
+        engine stays usable."""
         ...

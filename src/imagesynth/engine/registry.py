@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from imagesynth.domain import Backend, Family
+from imagesynth.domain import FAMILIES, Backend, Family
 from imagesynth.engine.base import Engine, EngineSpec
 
 _ENGINES: dict[tuple[Backend, Family], tuple[str, str]] = {
@@ -19,6 +19,10 @@ _ENGINES: dict[tuple[Backend, Family], tuple[str, str]] = {
         "StableDiffusionEngine",
     ),
     ("diffusers", "z-image"): ("imagesynth.engine.diffusers.z_image", "ZImageEngine"),
+    **{
+        ("openai-images", family): ("imagesynth.engine.remote.openai_images", "OpenAIImagesEngine")
+        for family in FAMILIES
+    },
 }
 
 

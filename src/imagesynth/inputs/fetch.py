@@ -246,3 +246,51 @@ def _read_capped(response: httpcore.Response, policy: FetchPolicy, deadline: flo
                 f"Downloading the input file took over {policy.timeout_seconds:g} s."
             )
     return bytes(body)
+
+
+def check_public_url(url: str, allow: Sequence[IPNetwork] = ()) -> str:
+    """The URL as it will be requested (checked_url), refused with InvalidURL unless every
+    address its host resolves to may be reached now: a submission's callback URL, checked up
+    front; the connection checks again (post), since DNS may answer differently later."""
+    url = checked_url(url)
+    parts = urlsplit(url)
+    assert parts.hostname is not None  # checked_url refuses a URL without a host
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    blocked = [ip for ip in resolve(parts.hostname, port) if not is_fetchable(ip, allow)]
+    if blocked:
+        raise BlockedAddress(
+            f"The host {parts.hostname!r} resolves to a non-public address ({blocked[0]}): "
+            "the service does not call private networks."
+        )
+    return url
+
+
+def post(
+    url: str, body: bytes, headers: Sequence[tuple[str, str]], policy: FetchPolicy
+) -> tuple[int, bytes]:
+    """POST body to url through the same guarded connections as fetch(); returns the status
+    and at most policy.max_bytes of the answer. Redirects are not followed (a webhook
+    receiver answers where it was registered); the whole call ends within the timeout.
+
+    Raises InvalidURL (a refused address or URL) or FileDownloadFailed (no answer)."""
+    url = checked_url(url)
+    deadline = time.monotonic() + policy.timeout_seconds
+    timeouts = dict.fromkeys(("connect", "read", "write", "pool"), policy.timeout_seconds)
+    sent = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    with httpcore.ConnectionPool(network_backend=_GuardedBackend(policy.allow)) as pool:
+        try:
+            with pool.stream(
+                "POST", url, headers=sent, content=body, extensions={"timeout": timeouts}
+            ) as response:
+                answer = bytearray()
+                for chunk in response.iter_stream():
+                    answer += chunk
+                    if len(answer) >= policy.max_bytes or time.monotonic() > deadline:
+                        break
+                return response.status, bytes(answer[: policy.max_bytes])
+        except httpcore.TimeoutException:
+            raise FileDownloadFailed(f"No answer within {policy.timeout_seconds:g} s.") from None
+        except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            raise FileDownloadFailed(f"The request failed: {exc or type(exc).__name__}") from None
+        except httpcore.UnsupportedProtocol:
+            raise InvalidURL("Only http(s) URLs can be called.") from None

@@ -11,7 +11,7 @@ from imagesynth.config import Settings
 from imagesynth.labels import LabelError, invisible, visible
 from imagesynth.labels.aigc import ImageLabel
 from imagesynth.labels.font import font_path
-from imagesynth.storage.png import encode_png
+from imagesynth.storage.png import encode_image
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ class Labeler:
             image = invisible.embed(image)
         return image
 
-    def encode(self, image: Image.Image, label: ImageLabel) -> bytes:
-        """The image with its marks and its label's metadata, as PNG bytes."""
-        return encode_png(self.apply(image, label), label.text_chunks(), label.xmp())
+    def encode(
+        self, image: Image.Image, label: ImageLabel, fmt: str = "png", quality: int | None = None
+    ) -> bytes:
+        """The image with its marks and its label's metadata, as `fmt` bytes (PNG: text
+        chunks and XMP; JPEG and WebP: XMP)."""
+        return encode_image(
+            self.apply(image, label), fmt, quality, label.text_chunks(), label.xmp()
+        )

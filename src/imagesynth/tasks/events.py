@@ -19,7 +19,8 @@ CLAIMABLE = "claimable"  # key: a model. A task of it may be claimable now (queu
 # or a slot under some key's in-flight limit came free).
 ENDED = "ended"  # key: a task id. The task reached a final status.
 REWRITE = "rewrite"  # key: a model. A task waits for its prompt_extend rewrite.
-TOPICS = (CLAIMABLE, ENDED, REWRITE)
+PROGRESS = "progress"  # key: a task id. Its step or its previews moved on (or its status).
+TOPICS = (CLAIMABLE, ENDED, REWRITE, PROGRESS)
 ANY = ""  # a subscription key that hears every key of its topic
 
 
@@ -81,6 +82,18 @@ class EventHub:
 
     def on_rewrite(self, callback: Callable[[str], None]) -> Callable[[], None]:
         return self.subscribe(REWRITE, ANY, callback)
+
+    def on_change(self, task_id: str, callback: Callable[[str], None]) -> Callable[[], None]:
+        unsubscribe = (
+            self.subscribe(PROGRESS, task_id, callback),
+            self.subscribe(ENDED, task_id, callback),
+        )
+
+        def both() -> None:
+            for one in unsubscribe:
+                one()
+
+        return both
 
 
 def _deliver(callbacks: list[Callable[[str], None]], key: str) -> None:

@@ -1,5 +1,6 @@
 """Housekeeping any process may run, idempotently: requeue or fail tasks whose worker stopped
-heartbeating, and forget finished tasks (rows and files) after the retention period."""
+heartbeating, and forget finished tasks (rows and files) and finished webhook deliveries after
+the retention period."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 
 from imagesynth.storage.blobs import BlobStore
 from imagesynth.tasks.ports import ExpiringTasks, LeaseReaper
+from imagesynth.tasks.webhooks import WebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +22,15 @@ class Maintenance:
         blobs: BlobStore,
         retention_seconds: float,
         upload_ttl_seconds: float | None = None,
+        *,
+        webhooks: WebhookStore | None = None,
     ) -> None:
         self.reaper = reaper
         self.tasks = tasks
         self.blobs = blobs
         self.retention_seconds = retention_seconds
         self.upload_ttl_seconds = upload_ttl_seconds
+        self.webhooks = webhooks
 
     def run_once(self) -> None:
         for task_id, status in self.reaper.reap_expired_leases():
@@ -37,6 +42,10 @@ class Maintenance:
                 self.blobs.delete_prefix(task_id)
             self.tasks.delete_tasks(expired)
             log.info("forgot %d expired tasks", len(expired))
+        if self.webhooks is not None:
+            forgotten = self.webhooks.forget_finished(self.retention_seconds)
+            if forgotten:
+                log.info("forgot %d finished webhook deliveries", forgotten)
         if self.upload_ttl_seconds is not None:
             removed = self.blobs.expire("uploads", self.upload_ttl_seconds)
             if removed:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from imagesynth.accounts.models import TaskTerms
 from imagesynth.domain import GenerationParams, TaskStatus
 from imagesynth.errors import FailureCode
-from imagesynth.tasks.events import CLAIMABLE, ENDED, EventHub
+from imagesynth.tasks.events import CLAIMABLE, ENDED, PROGRESS, EventHub
 from imagesynth.tasks.models import ImageResult, Task
 
 
@@ -145,13 +145,17 @@ class InMemoryTaskQueue:
             return None
         return t
 
-    def set_progress(self, task_id: str, worker_id: str, attempt: int, step: int) -> bool:
+    def set_progress(
+        self, task_id: str, worker_id: str, attempt: int, step: int, previews: int | None = None
+    ) -> bool:
         with self._lock:
             t = self._owned(task_id, worker_id, attempt)
             if t is None:
                 return False
-            self._tasks[task_id] = dataclasses.replace(t, progress_step=step)
-            return True
+            made = t.previews_made if previews is None else previews
+            self._tasks[task_id] = dataclasses.replace(t, progress_step=step, previews_made=made)
+        self.events.publish(PROGRESS, task_id)
+        return True
 
     def finish(
         self,

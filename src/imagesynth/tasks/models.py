@@ -47,6 +47,7 @@ class Task:
     finished_at: float | None = None
     progress_step: int = 0
     progress_total: int = 0
+    previews_made: int = 0  # preview images this attempt has stored (params.partial_images)
     results: list[ImageResult] = field(default_factory=list)
     error_code: str | None = None
     error_message: str | None = None
@@ -57,10 +58,16 @@ class Task:
     actual_prompt: str | None = None
     prompt_ready: bool = True  # False until the prompt stage has rewritten the prompt
     prompt_note: str | None = None  # why the prompt was kept as given, when it was
+    callback_url: str | None = None  # told of the task's end as well (docs/webhooks.md)
 
     @property
     def effective_prompt(self) -> str:
         return self.actual_prompt if self.actual_prompt is not None else self.params.prompt
+
+    def preview_key(self, index: int) -> str:
+        """Where preview `index` (0-based) of the current attempt is stored (the worker
+        writes it; the API's streams read it)."""
+        return f"{self.id}/{self.attempts}/preview-{index}.jpg"
 
     @property
     def queue_wait(self) -> float | None:

@@ -38,8 +38,11 @@ class TaskQueue(Protocol):
         """Extend every lease of the worker; returns the ids whose cancel was requested."""
         ...
 
-    def set_progress(self, task_id: str, worker_id: str, attempt: int, step: int) -> bool:
-        """Record denoising progress; False when this attempt no longer owns the task."""
+    def set_progress(
+        self, task_id: str, worker_id: str, attempt: int, step: int, previews: int | None = None
+    ) -> bool:
+        """Record denoising progress (and, with `previews`, how many preview images this
+        attempt has stored); False when this attempt no longer owns the task."""
         ...
 
     def finish(
@@ -75,6 +78,11 @@ class TaskEvents(Protocol):
         unsubscribe function."""
         ...
 
+    def on_change(self, task_id: str, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call `callback(task_id)` when that task's progress or previews move on or it
+        ends (progress streams); returns the unsubscribe function."""
+        ...
+
     def on_rewrite(self, callback: Callable[[str], None]) -> Callable[[], None]:
         """Call `callback(model)` whenever a task starts waiting for its prompt rewrite."""
         ...
@@ -106,6 +114,7 @@ class TaskStore(Protocol):
         admit: Callable[[KeyStanding], None] | None = None,
         month_start: float = 0.0,
         rewrite_prompt: bool = False,
+        callback_url: str | None = None,
     ) -> Task: ...
 
     def get_task(self, task_id: str, api_key_id: str | None = None) -> Task | None: ...

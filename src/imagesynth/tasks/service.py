@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from imagesynth.accounts.limits import Admission, month_start
@@ -13,6 +13,7 @@ from imagesynth.accounts.models import ApiKey
 from imagesynth.catalog import Catalog
 from imagesynth.domain import GenerationParams, TaskStatus
 from imagesynth.errors import DataInspectionFailed, UnsupportedOperation
+from imagesynth.inputs.fetch import IPNetwork
 from imagesynth.inputs.reference import ReferenceDecoder
 from imagesynth.safety import audit
 from imagesynth.safety.audit import PromptField
@@ -21,6 +22,7 @@ from imagesynth.safety.terms import TermFilter
 from imagesynth.storage.blobs import BlobStore
 from imagesynth.tasks.models import Task, TaskFilter
 from imagesynth.tasks.ports import TaskStore
+from imagesynth.tasks.webhooks import check_callback_url
 
 
 class TaskService:
@@ -36,13 +38,15 @@ class TaskService:
         guard: Guard | None = None,
         rewrite_prompts: bool = False,
         references: ReferenceDecoder | None = None,
+        callback_allow: Sequence[IPNetwork] = (),
     ) -> None:
         """term_filter: the blocked-term filter every prompt passes before it is queued.
         guard: a remote guard model asked about every prompt that passed the terms (a local
         one runs in the workers instead: it needs torch).
         rewrite_prompts: whether a prompt rewriter runs (the prompt stage), so that tasks
         asking for prompt_extend wait for it. references: decodes reference images, a
-        bounded number at a time (default 2)."""
+        bounded number at a time (default 2). callback_allow: private networks a
+        submission's callback URL may point into (IMAGESYNTH_FETCH_ALLOW_NETWORKS)."""
         self.store = store
         self.blobs = blobs
         self.catalog = catalog
@@ -52,6 +56,7 @@ class TaskService:
         self.guard = guard
         self.rewrite_prompts = rewrite_prompts
         self.references = references or ReferenceDecoder(2)
+        self.callback_allow = tuple(callback_allow)
 
     def submit(
         self,
@@ -62,15 +67,20 @@ class TaskService:
         request_id: str,
         workspace: str | None = None,
         reference: Callable[[], bytes] | None = None,
+        callback_url: str | None = None,
     ) -> Task:
         """Check the key's rate, validate against the model's rules and queue the task
         (PENDING) if the key's quotas allow it.
 
         `reference` loads the bytes of the request's reference image; it runs only once the
-        parameters passed validation, and its image is checked and stored with the task."""
+        parameters passed validation, and its image is checked and stored with the task.
+        `callback_url` is sent the task's end, signed (docs/webhooks.md): 400
+        InvalidParameter unless it is http(s) on a public address."""
         spec = self.catalog.get(model)
         self.admission.take_submission(key, spec)
         params = spec.validate(**fields)
+        if callback_url is not None:
+            callback_url = check_callback_url(callback_url, self.callback_allow)
         self._screen(params, request_id)
         task_id = str(uuid.uuid4())
         if reference is not None and params.ref_mode is not None:
@@ -91,6 +101,7 @@ class TaskService:
                 admit=self.admission.admit(key, params, terms),
                 month_start=month_start(time.time()),
                 rewrite_prompt=self.rewrite_prompts and params.prompt_extend,
+                callback_url=callback_url,
             )
         except BaseException:
             self.blobs.delete_prefix(task_id)  # the refused task's reference, if any

@@ -21,8 +21,9 @@ from imagesynth.domain import Family
 from imagesynth.weights.hub import cached_snapshot, folder_snapshot, pull_command
 
 # cache / folder: "auto" found its repo there; missing: "auto" did not (demo weights);
-# demo: weights = "demo"; path / hub: an explicit folder or hub id in the catalog.
-Source = Literal["cache", "folder", "missing", "demo", "path", "hub"]
+# demo: weights = "demo"; path / hub: an explicit folder or hub id in the catalog; remote: a
+# remote engine's server (backend = "openai-images"), which has weights of its own.
+Source = Literal["cache", "folder", "missing", "demo", "path", "hub", "remote"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class WeightsChoice:
             return f"{self.model}: real weights from {self.weights}"
         if self.source == "hub":
             return f"{self.model}: real weights {self.weights} (a hub id: fetched on first load)"
+        if self.source == "remote":
+            return f"{self.model}: a remote engine at {self.weights} (its own weights)"
         if self.source == "demo":
             return f'{self.model}: DEMO weights (weights = "demo" in the catalog)'
         if self.repo is None:
@@ -69,6 +72,8 @@ def choose(
     _found: dict[tuple[str, Family], tuple[Source, Path] | None] | None = None,
 ) -> WeightsChoice:
     """The weights an entry runs here (see the module's docstring)."""
+    if spec.backend != "diffusers":
+        return WeightsChoice(spec.name, spec.repo, "remote", spec.endpoint or "")
     if spec.weights == DEMO_WEIGHTS:
         return WeightsChoice(spec.name, spec.repo, "demo", DEMO_WEIGHTS)
     if spec.weights != AUTO_WEIGHTS:
@@ -110,7 +115,7 @@ def resolve_catalog(
     for name, spec in catalog.models.items():
         choice = choose(spec, folders, found)
         choices[name] = choice
-        if spec.weights == AUTO_WEIGHTS:
+        if spec.weights == AUTO_WEIGHTS and choice.source != "remote":
             spec = dataclasses.replace(
                 spec,
                 weights=choice.weights,

@@ -7,12 +7,20 @@ the engines nothing of the catalog.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 
 from imagesynth.catalog import DEMO_WEIGHTS, ModelSpec
-from imagesynth.engine.base import Engine, EngineSpec, IPAdapterWeights, Levers, LoraWeights
+from imagesynth.engine.base import (
+    Engine,
+    EngineSpec,
+    IPAdapterWeights,
+    Levers,
+    LoraWeights,
+    RemoteEndpoint,
+)
 from imagesynth.engine.diffusers.demo import (
     IP_ADAPTER_IMAGE_ENCODER,
     IP_ADAPTER_SUBFOLDER,
@@ -52,7 +60,20 @@ def engine_spec(spec: ModelSpec, demo_root: Path) -> EngineSpec:
         for style in spec.style_table.values()
         if style.lora is not None
     )
+    remote = None
+    if spec.backend == "openai-images":
+        assert spec.endpoint is not None  # the catalog checks it
+        weights = spec.endpoint
+        remote = RemoteEndpoint(
+            endpoint=spec.endpoint,
+            model=spec.remote_model or spec.name,
+            api_key=os.environ.get(spec.api_key_env) if spec.api_key_env else None,
+            timeout=spec.remote_timeout,
+            retries=spec.remote_retries,
+            seed_offsets=spec.remote_seed_offsets,
+        )
     return EngineSpec(
+        remote=remote,
         family=spec.family,
         backend=spec.backend,
         weights=weights,
@@ -78,6 +99,8 @@ def fit_for(spec: ModelSpec, demo_root: Path, budget: int | None = None) -> Fit:
     policy). With a stated `budget` (bytes of GPU memory: IMAGESYNTH_GPU_MEMORY_GB), the
     model is held against it as it loads on a GPU, unless its device is "cpu"; no GPU is
     asked, so this also runs where there is none."""
+    if spec.backend != "diffusers":
+        return check_fit(None, None, spec.offload, "a remote engine: its server holds the weights")
     folder = Path(engine_spec(spec, demo_root).weights)
     if not folder.is_dir():
         return check_fit(None, None, spec.offload, "weights not on this machine yet")

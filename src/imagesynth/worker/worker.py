@@ -27,7 +27,13 @@ from PIL import Image
 
 from imagesynth.catalog import Catalog, ModelSpec
 from imagesynth.domain import TaskStatus
-from imagesynth.engine.base import Engine, GenerationBatch, StepCallback
+from imagesynth.engine.base import (
+    Engine,
+    EngineFailure,
+    GenerationBatch,
+    PreviewCallback,
+    StepCallback,
+)
 from imagesynth.errors import FailureCode
 from imagesynth.labels import visible
 from imagesynth.labels.aigc import ImageLabel
@@ -36,6 +42,7 @@ from imagesynth.safety import audit
 from imagesynth.safety.guard import Guard
 from imagesynth.safety.images import ImageClassifier, NoImageClassifier, Verdict
 from imagesynth.storage.blobs import BlobStore
+from imagesynth.storage.png import EXTENSIONS, encode_image
 from imagesynth.tasks.metrics import Metrics
 from imagesynth.tasks.models import ImageResult, Task
 from imagesynth.tasks.ports import TaskEvents, TaskQueue, WorkerPresence
@@ -46,6 +53,7 @@ from imagesynth.worker.references import reference_start, reference_style
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_SECONDS = 0.25
+PREVIEW_QUALITY = 85
 
 
 class _Cancelled(Exception):
@@ -91,6 +99,11 @@ def image_label(
     )
 
 
+def encode_preview(image: Image.Image) -> bytes:
+    """A preview as the small JPEG that is stored (a latent-resolution picture: a few kB)."""
+    return encode_image(image, "jpeg", PREVIEW_QUALITY)
+
+
 def _on_accelerator(device: str) -> bool:
     """Whether a model's device is a GPU (offload needs one to offload onto)."""
     from imagesynth.engine.diffusers.pipelines import resolve_device
@@ -102,7 +115,8 @@ def result_key(task: Task, index: int) -> str:
     """Where image `index` of this attempt is stored. The file name holds the task id, so
     clients that save each result under its URL's file name (DashScope's own samples do) keep
     every task's images apart."""
-    return f"{task.id}/{task.attempts}/{task.id}-{index}.png"
+    ext = EXTENSIONS[task.params.output_format]
+    return f"{task.id}/{task.attempts}/{task.id}-{index}.{ext}"
 
 
 class Worker:
@@ -365,8 +379,12 @@ class Worker:
             spec = self.catalog.get(live[0].model)
             engine = self.engines.for_model(spec)
             on_step = self._on_step(live, engine)
+            batch = self._batch_of(live, spec)
             self.calls += 1
-            images = engine.generate(self._batch_of(live, spec), on_step)
+            if batch.preview_steps and engine.capabilities.previews:
+                images = engine.generate(batch, on_step, self._on_preview(live))
+            else:
+                images = engine.generate(batch, on_step)
             if not engine.capabilities.cancel:
                 self._check_stop(live)  # the call could not be stopped: drop its images now
         except _ShuttingDown:
@@ -377,6 +395,16 @@ class Worker:
         except _Cancelled:
             for task in live:
                 self._finish(task, TaskStatus.CANCELED)
+            return []
+        except EngineFailure as exc:
+            log.warning("tasks %s failed: %s", ", ".join(t.id for t in live), exc)
+            for task in live:
+                self._finish(
+                    task,
+                    TaskStatus.FAILED,
+                    error_code=exc.code,
+                    error_message=f"{exc.code.message} {exc.detail}",
+                )
             return []
         except Exception:
             log.exception("tasks %s failed", ", ".join(t.id for t in live))
@@ -443,7 +471,8 @@ class Worker:
     def _encode(self, job: Generated, index: int) -> bytes:
         image = job.images[index]
         label = image_label(self.labeler, image, job.task, job.spec, index)
-        return self.labeler.encode(image, label)
+        params = job.task.params
+        return self.labeler.encode(image, label, params.output_format, params.output_compression)
 
     def _put(self, job: Generated, index: int, data: bytes) -> ImageResult:
         self._check_stop([job.task])  # a stopping worker stores nothing more
@@ -531,6 +560,7 @@ class Worker:
         parts = [first, *(self._batch(t, spec) for t in tasks[1:])]
         return dataclasses.replace(
             first,
+            preview_steps=tuple(sorted({s for part in parts for s in part.preview_steps})),
             seeds=tuple(seed for part in parts for seed in part.seeds),
             prompts=tuple(part.prompt for part in parts for _ in part.seeds),
             negative_prompts=tuple(part.negative_prompt for part in parts for _ in part.seeds),
@@ -565,6 +595,7 @@ class Worker:
             seeds=p.seeds,
             steps=p.steps,
             guidance=p.guidance,
+            preview_steps=p.preview_steps,
         )
 
     def _check_stop(self, tasks: list[Task]) -> None:
@@ -574,6 +605,26 @@ class Worker:
             raise _ShuttingDown()
         if all(task.id in self._cancel_requested for task in tasks):
             raise _Cancelled()
+
+    def _on_preview(self, tasks: list[Task]) -> PreviewCallback:
+        """Store each task's preview of its first image at the steps it asked for, as
+        `<task>/<attempt>/preview-<j>.jpg` (j from 0), and count it on the task: the API's
+        streams read them from there, in whichever process they run."""
+
+        def on_preview(step: int, previews: list[Image.Image]) -> None:
+            self._check_stop(tasks)
+            first = 0
+            for task in tasks:
+                planned = task.params.preview_steps
+                if step in planned and task.id not in self._cancel_requested:
+                    j = planned.index(step)
+                    self.blobs.put(task.preview_key(j), encode_preview(previews[first]))
+                    self.queue.set_progress(
+                        task.id, self.worker_id, task.attempts, step, previews=j + 1
+                    )
+                first += task.params.n
+
+        return on_preview
 
     def _on_step(self, tasks: list[Task], engine: Engine) -> StepCallback:
         last_write = 0.0

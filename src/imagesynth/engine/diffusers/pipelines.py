@@ -10,8 +10,9 @@ from typing import Any
 
 from PIL import Image
 
-from imagesynth.engine.base import EngineSpec, GenerationBatch, StepCallback
+from imagesynth.engine.base import EngineSpec, GenerationBatch, PreviewCallback, StepCallback
 from imagesynth.engine.diffusers.levers import apply_levers, check_offload
+from imagesynth.engine.diffusers.previews import Unpack, first_frame, latent_previews
 
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -131,11 +132,22 @@ def cpu_generators(seeds: tuple[int, ...]) -> list[Any]:
     return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
 
-def step_callback(on_step: StepCallback, steps: int) -> Callable[..., dict[str, Any]]:
-    """A diffusers `callback_on_step_end` that reports (steps_done, steps) to `on_step`."""
+def step_callback(
+    on_step: StepCallback,
+    batch: GenerationBatch,
+    on_preview: PreviewCallback | None = None,
+    unpack: Unpack = first_frame,
+) -> Callable[..., dict[str, Any]]:
+    """A diffusers `callback_on_step_end` that reports (steps_done, steps) to `on_step` and,
+    after the batch's preview steps, previews of the latents (laid out by `unpack`) to
+    `on_preview`."""
+    wanted = set(batch.preview_steps) if on_preview is not None else set()
 
     def callback(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        on_step(i + 1, steps)
+        done = i + 1
+        if on_preview is not None and done in wanted and "latents" in tensors:
+            on_preview(done, latent_previews(tensors["latents"], unpack))
+        on_step(done, batch.steps)
         return {}
 
     return callback

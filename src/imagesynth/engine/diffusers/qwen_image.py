@@ -6,7 +6,13 @@ from typing import Any
 
 from PIL import Image
 
-from imagesynth.engine.base import Capabilities, EngineSpec, GenerationBatch, StepCallback
+from imagesynth.engine.base import (
+    Capabilities,
+    EngineSpec,
+    GenerationBatch,
+    PreviewCallback,
+    StepCallback,
+)
 from imagesynth.engine.diffusers.pipelines import (
     cpu_generators,
     fit,
@@ -20,7 +26,7 @@ from imagesynth.engine.diffusers.pipelines import (
 class QwenImageEngine:
     """Text to image with a QwenImagePipeline folder or hub id."""
 
-    capabilities = Capabilities(progress=True, cancel=True)
+    capabilities = Capabilities(progress=True, cancel=True, previews=True)
 
     def __init__(self, spec: EngineSpec) -> None:
         self.spec = spec
@@ -31,7 +37,12 @@ class QwenImageEngine:
 
         self._pipe = load_pipeline(QwenImagePipeline, self.spec, cuda_auto="bfloat16")
 
-    def generate(self, batch: GenerationBatch, on_step: StepCallback) -> list[Image.Image]:
+    def generate(
+        self,
+        batch: GenerationBatch,
+        on_step: StepCallback,
+        on_preview: PreviewCallback | None = None,
+    ) -> list[Image.Image]:
         import torch
 
         pipe = self._pipe
@@ -50,6 +61,14 @@ class QwenImageEngine:
                 num_inference_steps=batch.steps,
                 generator=cpu_generators(batch.seeds),
                 output_type="pil",
-                callback_on_step_end=step_callback(on_step, batch.steps),
+                callback_on_step_end=step_callback(
+                    on_step,
+                    batch,
+                    on_preview,
+                    # 2x2-packed (B, h*w/4, 4C) -> (B, C, h, w): the pipeline's own unpacking.
+                    lambda packed: pipe._unpack_latents(
+                        packed, height, width, pipe.vae_scale_factor
+                    )[:, :, 0],
+                ),
             )
         return [fit(image, batch.width, batch.height) for image in out.images]

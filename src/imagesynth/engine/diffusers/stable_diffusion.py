@@ -14,6 +14,7 @@ from imagesynth.engine.base import (
     EngineSpec,
     GenerationBatch,
     IPAdapterWeights,
+    PreviewCallback,
     StepCallback,
 )
 from imagesynth.engine.diffusers.pipelines import (
@@ -41,7 +42,7 @@ class StableDiffusionEngine:
     switched off; a batch's `lora` switches on that one, at its scale, for that call only.
     """
 
-    capabilities = Capabilities(progress=True, cancel=True)
+    capabilities = Capabilities(progress=True, cancel=True, previews=True)
 
     def __init__(self, spec: EngineSpec) -> None:
         self.spec = spec
@@ -147,7 +148,12 @@ class StableDiffusionEngine:
             self._img2img_pipe.set_progress_bar_config(disable=True)
         return self._img2img_pipe
 
-    def generate(self, batch: GenerationBatch, on_step: StepCallback) -> list[Image.Image]:
+    def generate(
+        self,
+        batch: GenerationBatch,
+        on_step: StepCallback,
+        on_preview: PreviewCallback | None = None,
+    ) -> list[Image.Image]:
         import torch
 
         pipe = self._pipe
@@ -157,7 +163,7 @@ class StableDiffusionEngine:
         if batch.init_image is not None:
             if batch.style_image is not None:
                 raise ValueError("a batch takes an init image or a style image, not both")
-            return self._generate_from_image(batch, on_step, width, height)
+            return self._generate_from_image(batch, on_step, on_preview, width, height)
         image_prompt = self._image_prompt(batch)
         self._switch_lora(batch)
         with torch.inference_mode():
@@ -170,12 +176,17 @@ class StableDiffusionEngine:
                 num_inference_steps=batch.steps,
                 generator=cpu_generators(batch.seeds),
                 output_type="pil",
-                callback_on_step_end=step_callback(on_step, batch.steps),
+                callback_on_step_end=step_callback(on_step, batch, on_preview),
             )
         return [fit(image, batch.width, batch.height) for image in out.images]
 
     def _generate_from_image(
-        self, batch: GenerationBatch, on_step: StepCallback, width: int, height: int
+        self,
+        batch: GenerationBatch,
+        on_step: StepCallback,
+        on_preview: PreviewCallback | None,
+        width: int,
+        height: int,
     ) -> list[Image.Image]:
         import torch
 
@@ -201,6 +212,6 @@ class StableDiffusionEngine:
                 num_inference_steps=total,
                 generator=cpu_generators(batch.seeds),
                 output_type="pil",
-                callback_on_step_end=step_callback(on_step, batch.steps),
+                callback_on_step_end=step_callback(on_step, batch, on_preview),
             )
         return [fit(image, batch.width, batch.height) for image in out.images]

@@ -9,7 +9,13 @@ from typing import Any
 
 from PIL import Image
 
-from imagesynth.engine.base import Capabilities, EngineSpec, GenerationBatch, StepCallback
+from imagesynth.engine.base import (
+    Capabilities,
+    EngineSpec,
+    GenerationBatch,
+    PreviewCallback,
+    StepCallback,
+)
 from imagesynth.engine.diffusers.pipelines import (
     cpu_generators,
     fit,
@@ -23,7 +29,7 @@ from imagesynth.engine.diffusers.pipelines import (
 class WanEngine:
     """Text to image with a WanPipeline folder or hub id, at num_frames=1."""
 
-    capabilities = Capabilities(progress=True, cancel=True)
+    capabilities = Capabilities(progress=True, cancel=True, previews=True)
 
     def __init__(self, spec: EngineSpec) -> None:
         self.spec = spec
@@ -34,7 +40,12 @@ class WanEngine:
 
         self._pipe = load_pipeline(WanPipeline, self.spec, cuda_auto="bfloat16")
 
-    def generate(self, batch: GenerationBatch, on_step: StepCallback) -> list[Image.Image]:
+    def generate(
+        self,
+        batch: GenerationBatch,
+        on_step: StepCallback,
+        on_preview: PreviewCallback | None = None,
+    ) -> list[Image.Image]:
         import torch
 
         pipe = self._pipe
@@ -57,7 +68,7 @@ class WanEngine:
                 num_inference_steps=batch.steps,
                 generator=cpu_generators(batch.seeds),
                 output_type="pil",
-                callback_on_step_end=step_callback(on_step, batch.steps),
+                callback_on_step_end=step_callback(on_step, batch, on_preview),
             )
         # .frames: one list of frames per video; the single frame is the image.
         return [fit(video[0], batch.width, batch.height) for video in out.frames]

@@ -10,7 +10,13 @@ from typing import Any
 
 from PIL import Image
 
-from imagesynth.engine.base import Capabilities, EngineSpec, GenerationBatch, StepCallback
+from imagesynth.engine.base import (
+    Capabilities,
+    EngineSpec,
+    GenerationBatch,
+    PreviewCallback,
+    StepCallback,
+)
 from imagesynth.engine.diffusers.pipelines import (
     cpu_generators,
     fit,
@@ -40,7 +46,7 @@ def zimage_guidance(guidance: float) -> float:
 class ZImageEngine:
     """Text to image with a ZImagePipeline folder or hub id."""
 
-    capabilities = Capabilities(progress=True, cancel=True)
+    capabilities = Capabilities(progress=True, cancel=True, previews=True)
 
     def __init__(self, spec: EngineSpec) -> None:
         self.spec = spec
@@ -51,7 +57,12 @@ class ZImageEngine:
 
         self._pipe = load_pipeline(ZImagePipeline, self.spec, cuda_auto="bfloat16")
 
-    def generate(self, batch: GenerationBatch, on_step: StepCallback) -> list[Image.Image]:
+    def generate(
+        self,
+        batch: GenerationBatch,
+        on_step: StepCallback,
+        on_preview: PreviewCallback | None = None,
+    ) -> list[Image.Image]:
         import torch
 
         pipe = self._pipe
@@ -73,6 +84,6 @@ class ZImageEngine:
                 generator=cpu_generators(batch.seeds),
                 max_sequence_length=MAX_SEQUENCE_LENGTH,
                 output_type="pil",
-                callback_on_step_end=step_callback(on_step, batch.steps),
+                callback_on_step_end=step_callback(on_step, batch, on_preview),
             )
         return [fit(image, batch.width, batch.height) for image in out.images]

@@ -1,0 +1,1 @@
+"""Engines that hand generation to another server (docs/remote-engines.md)."""
