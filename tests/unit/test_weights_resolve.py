@@ -134,3 +134,16 @@ def test_a_pipeline_missing_a_shard_is_not_complete(tmp_path: Path, demo_root: P
     assert not is_complete_pipeline(folder, "wan")
     (folder / "text_encoder" / "model-00002-of-00002.safetensors").write_bytes(b"")
     assert is_complete_pipeline(folder, "wan")
+
+
+def test_a_remote_engine_keeps_its_endpoint(tmp_path: Path, isolated_cache: Path) -> None:
+    path = tmp_path / "catalog.toml"
+    path.write_text(
+        '[models.far]\nfamily = "qwen-image"\nbackend = "openai-images"\n'
+        'endpoint = "http://gpu1:30000/v1"\n',
+        encoding="utf-8",
+    )
+    catalog, choices = resolve_catalog(Catalog.load(path))
+    assert choices["far"].source == "remote" and choices["far"].real
+    assert not catalog.get("far").is_demo and catalog.get("far").weights == "auto"
+    assert "a remote engine at http://gpu1:30000/v1" in choices["far"].describe()
