@@ -55,3 +55,18 @@ if ! .venv/bin/python -c "$installed" cv2 pywt imwatermark; then
   "${pip[@]}" "opencv-python-headless>=4.8" "PyWavelets>=1.4"
   "${pip[@]}" --no-deps "invisible-watermark==0.2.0"
 fi
+
+# The web console's browser tests (tests/browser.py) drive Debian's chromium; Playwright's own
+# browser download is never used. Installed where apt can (root, or sudo without a password);
+# without it those tests are skipped, saying why.
+if [ "$extras" = test ] && [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
+  as_root=()
+  [ "$(id -u)" = 0 ] || as_root=(sudo -n)
+  if [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then
+    echo "==> installing chromium (the console's browser tests)"
+    export DEBIAN_FRONTEND=noninteractive
+    { "${as_root[@]}" apt-get install -y -qq chromium \
+      || { "${as_root[@]}" apt-get update -qq && "${as_root[@]}" apt-get install -y -qq chromium; }
+    } >/dev/null 2>&1 || echo "    could not install chromium: the browser tests will be skipped"
+  fi
+fi

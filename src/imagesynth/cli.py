@@ -47,6 +47,8 @@ def _first_key_banner(secret: str, base: str) -> str:
 
      {secret}
 
+ Web console: open {base}/ and paste the key above.
+
  Try it with the official SDK (pip install dashscope):
 
      import dashscope
@@ -60,6 +62,17 @@ def _first_key_banner(secret: str, base: str) -> str:
  More keys: imagesynth keys create --name NAME
 ================================================================================
 """
+
+
+def _console_base(public_url: str | None, host: str, port: int) -> str:
+    """Where a person on this machine opens the service: the public URL when one is set, else
+    the listening address (a wildcard one shown as loopback; an IPv6 one in brackets)."""
+    if public_url:
+        return public_url.rstrip("/")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
 
 
 def _prompt_stage_line(rt: Runtime, *, api: bool, worker: bool) -> str:
@@ -94,11 +107,11 @@ def serve(
         keep_freed_memory()  # before any thread starts: see worker/memory.py
     rt = _runtime()
     services = rt.services()
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    local_url = f"http://{shown}:{port}"
+    base = _console_base(rt.settings.public_url, host, port)
+    local_url = _console_base(None, host, port)  # where this process listens
     if not services.keys.all():
         _, secret = services.keys.create("first-start")
-        print(_first_key_banner(secret, local_url), flush=True)
+        print(_first_key_banner(secret, base), flush=True)
 
     stop = threading.Event()
     threads: list[threading.Thread] = []
@@ -122,6 +135,7 @@ def serve(
             # The worker stops at its next denoising step and hands its task back.
             thread.join(timeout=60)
 
+    log.info("web console: %s/ (paste an API key; operator pages take the admin credential)", base)
     log.info("model catalog: %s", rt.catalog.source)
     for line in rt.describe_weights():
         log.info("weights: %s", line)

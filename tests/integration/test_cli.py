@@ -211,12 +211,16 @@ def test_first_start_creates_a_key_and_prints_a_snippet(
             lines.append(line)
         banner = "".join(lines)
         assert "dashscope.base_http_api_url" in banner and f"127.0.0.1:{port}" in banner
+        console = f"http://127.0.0.1:{port}/"
+        assert f"Web console: open {console} and paste the key above." in banner
         while True:
             try:
                 httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
+        page = httpx.get(console)
+        assert page.status_code == 200 and 'data-testid="api-key"' in page.text
         # The printed key works with the SDK at once.
         with sdk_at(f"http://127.0.0.1:{port}/api/v1"):
             rsp = ImageSynthesis.call(

@@ -137,6 +137,11 @@ def test_errors_as_the_sdk_raises_them(http_server: InProcessService) -> None:
     with pytest.raises(openai.BadRequestError) as unknown:
         client.images.generate(model=MODEL, prompt="x", extra_body={"colour": "red"})
     assert unknown.value.param == "colour"
+    with pytest.raises(openai.BadRequestError) as private:  # webhooks: no private addresses
+        client.images.generate(
+            model=MODEL, prompt="x", extra_body={"callback_url": "http://10.0.0.1/hook"}
+        )
+    assert private.value.param == "callback_url"
     with pytest.raises(openai.NotFoundError) as no_model:
         client.images.generate(model="dall-e-9", prompt="x")
     assert no_model.value.code == "model_not_found"

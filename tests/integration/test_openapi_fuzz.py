@@ -1,5 +1,5 @@
 """Schema-based fuzzing of the documented OpenAPI of the real app (issue 10): schemathesis
-generates requests for all 25 operations, valid and invalid by the schema; none may get a
+generates requests for all 28 operations, valid and invalid by the schema; none may get a
 5xx, and every error must be the DashScope shape the document promises. On SQLite and on
 PostgreSQL, bounded in examples so the whole run takes a few seconds."""
 
@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.integration.live_app import ADMIN_TOKEN, LiveApp, live_app_on
 
-# Per operation, mode (schema-valid, schema-invalid) and database: 25 x 2 x 8 requests per
+# Per operation, mode (schema-valid, schema-invalid) and database: 28 x 2 x 8 requests per
 # database, a few seconds. Set IMAGESYNTH_TEST_FUZZ_EXAMPLES for a deeper run (150: ~1 min).
 EXAMPLES = int(os.environ.get("IMAGESYNTH_TEST_FUZZ_EXAMPLES", "8"))
 
@@ -41,7 +41,7 @@ def test_the_document_covers_every_operation(served: LiveApp) -> None:
 
     doc = httpx.get(f"{served.url}/openapi.json").json()
     operations = [(m, p) for p, ops in doc["paths"].items() for m in ops]
-    assert len(operations) == 25
+    assert len(operations) == 28
     for method, path in operations:
         op = doc["paths"][path][method]
         if method in ("post", "patch") and not path.endswith(("/cancel", "/revoke")):
@@ -104,11 +104,11 @@ def test_no_server_errors_and_errors_in_shape(served: LiveApp) -> None:
     schema = schemathesis.openapi.from_url(f"{served.url}/openapi.json")
     sent = 0
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 25
+    assert len(operations) == 28
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             started = time.monotonic()
             count = _fuzz(served, operation, mode)
             print(f"{operation.label} {mode.value}: {count} in {time.monotonic() - started:.2f}s")
             sent += count
-    assert sent >= 25 * EXAMPLES
+    assert sent >= 28 * EXAMPLES

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from imagesynth.api import (
     openapi,
     routes_admin,
+    routes_console,
     routes_files,
     routes_multimodal,
     routes_openai,
@@ -63,5 +64,6 @@ def create_app(
     app.include_router(routes_admin.router)
     app.include_router(routes_ops.router)
     app.include_router(routes_openai.router)
+    app.include_router(routes_console.router)
     openapi.install(app)
     return app

@@ -53,6 +53,7 @@ PARAMS = (
     "style",
     "stream",
     "moderation",
+    "callback_url",
 )
 
 

@@ -12,10 +12,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from imagesynth.accounts.admin import AdminService
+from imagesynth.accounts.admin import AdminService, iso
 from imagesynth.api import openapi
 from imagesynth.api.context import query_text, read_json_object, request_id_of, services_of
 from imagesynth.api.schemas import KeyChange, KeyCreate, WebhookCreate
+from imagesynth.domain import parse_digits
 from imagesynth.errors import InvalidParameter
 from imagesynth.tasks.webhooks import WebhookAdmin
 
@@ -161,3 +162,85 @@ async def webhook_deliveries(request: Request) -> dict[str, Any]:
         )
     )
     return {"request_id": request_id_of(request), "deliveries": [d.to_json() for d in rows]}
+
+
+# -- The web console's operator pages: the queue, the workers and recent failures -------------
+
+
+@router.get("/queue", openapi_extra=openapi.operation())
+async def queue(request: Request) -> dict[str, Any]:
+    """Per model: tasks waiting and running, the oldest wait, live workers; and each live
+    worker with its models (what /ready and /metrics read, for a person)."""
+    await _admin(request)
+    svc = services_of(request)
+    window = svc.settings.lease_seconds  # live as /ready counts it (routes_ops.worker_window)
+
+    def read() -> dict[str, Any]:
+        depths = svc.state.queue_depths()
+        counts = svc.state.task_counts()
+        live = svc.state.live_workers(window)
+        seen = svc.state.workers_seen(window)
+        models = [
+            {
+                "model": name,
+                "waiting": depths.get(name, (0, 0.0))[0],
+                "running": counts.get((name, "RUNNING"), 0),
+                "oldest_wait_seconds": round(depths[name][1], 1) if name in depths else None,
+                "live_workers": live.get(name, 0),
+            }
+            for name in svc.catalog.models
+        ]
+        workers = [
+            {"worker_id": w.worker_id, "models": list(w.models), "seen_seconds_ago": w.seconds_ago}
+            for w in seen
+        ]
+        return {"models": models, "workers": workers}
+
+    return {"request_id": request_id_of(request), **await run_in_threadpool(read)}
+
+
+FAILURES_MAX = 200
+
+
+@router.get(
+    "/failures",
+    openapi_extra=openapi.operation(
+        parameters=[
+            openapi.query(
+                "limit",
+                "At most this many (default 50).",
+                type="integer",
+                minimum=1,
+                maximum=FAILURES_MAX,
+            )
+        ]
+    ),
+)
+async def failures(request: Request) -> dict[str, Any]:
+    """The most recent FAILED tasks of every key, newest first, with their codes."""
+    await _admin(request)
+    svc = services_of(request)
+    raw = query_text(request, "limit") or "50"
+    try:
+        limit = parse_digits(raw, max_digits=4)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= FAILURES_MAX:
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        raise InvalidParameter(f"limit must be an integer in [1, {FAILURES_MAX}]; got {shown!r}")
+    rows = await run_in_threadpool(svc.state.recent_failures, limit)
+    return {
+        "request_id": request_id_of(request),
+        "failures": [
+            {
+                "task_id": f.task_id,
+                "api_key_id": f.api_key_id,
+                "model": f.model,
+                "code": f.code,
+                "message": f.message,
+                "created_at": iso(f.created_at),
+                "finished_at": iso(f.finished_at),
+            }
+            for f in rows
+        ],
+    }

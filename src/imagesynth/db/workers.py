@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 
 from imagesynth.db.database import Database
+from imagesynth.tasks.ports import FailedTask, WorkerSeen
 
 # A worker not seen for this long is certainly gone: its row is dropped at the next beat.
 _FORGET_AFTER_SECONDS = 86400.0
@@ -73,3 +74,38 @@ class SqlWorkers:
             WHERE status = 'PENDING' GROUP BY model"""
         ).fetchall()
         return {row["model"]: (int(row["n"]), max(float(row["oldest"]), 0.0)) for row in rows}
+
+    def workers_seen(self, window_seconds: float) -> list[WorkerSeen]:
+        rows = self.db.execute(
+            """SELECT worker_id, models, {now} - last_seen AS age FROM workers
+            WHERE last_seen >= {now} - :window ORDER BY last_seen DESC, worker_id""",
+            {"window": window_seconds},
+        ).fetchall()
+        return [
+            WorkerSeen(
+                worker_id=row["worker_id"],
+                models=tuple(json.loads(row["models"])),
+                seconds_ago=max(float(row["age"]), 0.0),
+            )
+            for row in rows
+        ]
+
+    def recent_failures(self, limit: int) -> list[FailedTask]:
+        rows = self.db.execute(
+            """SELECT id, api_key_id, model, error_code, error_message, created_at, finished_at
+            FROM tasks WHERE status = 'FAILED'
+            ORDER BY finished_at DESC, created_at DESC LIMIT :limit""",
+            {"limit": limit},
+        ).fetchall()
+        return [
+            FailedTask(
+                task_id=row["id"],
+                api_key_id=row["api_key_id"],
+                model=row["model"],
+                code=row["error_code"] or "InternalError",
+                message=row["error_message"] or "",
+                created_at=float(row["created_at"]),
+                finished_at=None if row["finished_at"] is None else float(row["finished_at"]),
+            )
+            for row in rows
+        ]

@@ -9,6 +9,7 @@ in docs/task-queue.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from imagesynth.accounts.models import KeyStanding, TaskTerms
@@ -162,8 +163,31 @@ class WorkerPresence(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class WorkerSeen:
+    """A worker's last heartbeat, as the workers table holds it."""
+
+    worker_id: str
+    models: tuple[str, ...]
+    seconds_ago: float
+
+
+@dataclass(frozen=True)
+class FailedTask:
+    """A task that ended FAILED, for the operator's list of recent failures."""
+
+    task_id: str
+    api_key_id: str
+    model: str
+    code: str
+    message: str
+    created_at: float
+    finished_at: float | None
+
+
 class ServiceState(Protocol):
-    """What /ready and /metrics read from the database at request (scrape) time."""
+    """What /ready, /metrics and the admin API's queue and failure pages read from the
+    database at request (scrape) time."""
 
     def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
@@ -183,4 +207,12 @@ class ServiceState(Protocol):
 
     def queue_depths(self) -> dict[str, tuple[int, float]]:
         """model -> (tasks waiting, seconds the oldest has waited), for models with any."""
+        ...
+
+    def workers_seen(self, window_seconds: float) -> list[WorkerSeen]:
+        """The workers seen within the last `window_seconds`, most recent first."""
+        ...
+
+    def recent_failures(self, limit: int) -> list[FailedTask]:
+        """The last `limit` tasks that ended FAILED, across keys, newest first."""
         ...
