@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +20,14 @@ if TYPE_CHECKING:
     from tests.s3_server import S3Server
 
 PG_DSN_ENV = "IMAGESYNTH_TEST_POSTGRES_DSN"
+
+# The tests never see this machine's Hugging Face cache: weights a developer pulled there would
+# turn the built-in catalog's demo models real (weights = "auto"). Subprocesses inherit it.
+_HF_CACHE = tempfile.mkdtemp(prefix="imagesynth-test-hf-")
+os.environ["HF_HUB_CACHE"] = _HF_CACHE
+atexit.register(shutil.rmtree, _HF_CACHE, ignore_errors=True)
+if "huggingface_hub.constants" in sys.modules:  # read at import: too late for the variable
+    sys.modules["huggingface_hub.constants"].HF_HUB_CACHE = _HF_CACHE
 
 
 @pytest.fixture(scope="session")

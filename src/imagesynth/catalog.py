@@ -37,6 +37,10 @@ from imagesynth.domain import (
 from imagesynth.errors import ImageSynthError, InvalidParameter, ModelNotFound
 
 DEMO_WEIGHTS = "demo"
+# The default: the entry's `repo` when its files are in the Hugging Face cache or a weights
+# folder, else the demo weights (imagesynth/weights/resolve.py decides, once per process).
+# An entry still "auto" (a catalog nobody resolved) runs the demo weights.
+AUTO_WEIGHTS = "auto"
 # The DashScope endpoints a model can be served on (api/ routes check a model's list):
 #   text2image        POST .../text2image/image-synthesis, input.prompt (async; sync if `sync`)
 #   multimodal        POST .../multimodal-generation/generation, input.messages (sync)
@@ -136,7 +140,10 @@ class ModelSpec:
     name: str
     family: Family
     backend: Backend = "diffusers"  # the engine that runs it (engine/registry.py)
-    weights: str = DEMO_WEIGHTS
+    weights: str = AUTO_WEIGHTS
+    # The open weights behind the name, a Hugging Face hub id (e.g. "Qwen/Qwen-Image"): what
+    # `imagesynth models pull` fetches and what weights = "auto" uses once it is here.
+    repo: str | None = None
     device: str = "auto"
     dtype: str = "auto"
     steps: int = 30
@@ -212,7 +219,8 @@ class ModelSpec:
 
     @property
     def is_demo(self) -> bool:
-        return self.backend == "diffusers" and self.weights == DEMO_WEIGHTS
+        """Runs the demo weights: "demo", or "auto" left unresolved (no real weights found)."""
+        return self.backend == "diffusers" and self.weights in (DEMO_WEIGHTS, AUTO_WEIGHTS)
 
     @property
     def default_steps(self) -> int:
@@ -517,7 +525,7 @@ def _check_image_adapters(spec: ModelSpec, entry: Mapping[str, Any], where: str)
         raise CatalogError(f"{where}: ip_adapter needs reference_images = true")
     elif spec.ip_adapter == DEMO_WEIGHTS:
         if not spec.is_demo:
-            raise CatalogError(f'{where}: ip_adapter = "demo" fits only weights = "demo"')
+            raise CatalogError(f'{where}: ip_adapter = "demo" fits only weights = "demo" or "auto"')
         if options:
             raise CatalogError(f'{where}: ip_adapter = "demo" sets {", ".join(options)} itself')
     elif not spec.ip_adapter.strip():
@@ -526,6 +534,12 @@ def _check_image_adapters(spec: ModelSpec, entry: Mapping[str, Any], where: str)
         raise CatalogError(f"{where}: ip_adapter needs ip_adapter_weight_name")
     if spec.family != "stable-diffusion" and any(s.lora for s in spec.style_table.values()):
         raise CatalogError(f"{where}: style LoRAs are for family stable-diffusion only")
+
+
+def _is_repo_id(text: str) -> bool:
+    """An `org/name` hub id (not a path, not a URL)."""
+    parts = text.split("/")
+    return len(parts) == 2 and all(p and p.strip() == p and p not in (".", "..") for p in parts)
 
 
 def _scheduler_settings(raw: object, where: str) -> SchedulerSettings:
@@ -667,6 +681,11 @@ def _parse_models(
                 f"{source}: model {name}: need rps > 0, in_flight >= 1, price >= 0, free_quota >= 0"
             )
         _check_remote(spec, f"{source}: model {name}")
+        if spec.weights == AUTO_WEIGHTS and spec.repo is not None and not _is_repo_id(spec.repo):
+            raise CatalogError(
+                f"{source}: model {name}: repo must be a hub id such as Qwen/Qwen-Image; "
+                f"got {spec.repo!r}"
+            )
         _check_image_adapters(spec, entry, f"{source}: model {name}")
         _check_levers(spec, entry, f"{source}: model {name}")
         models[name] = spec

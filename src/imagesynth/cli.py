@@ -19,7 +19,7 @@ from imagesynth.worker.memory import keep_freed_memory
 
 app = typer.Typer(help="Self-hosted text-to-image, wire-compatible with DashScope.")
 keys_app = typer.Typer(help="Manage API keys.")
-models_app = typer.Typer(help="Inspect the model catalog and demo weights.")
+models_app = typer.Typer(help="The model catalog, its weights: list, pull, make-demo.")
 webhook_app = typer.Typer(help="A key's signed webhooks (docs/webhooks.md).")
 app.add_typer(keys_app, name="keys")
 keys_app.add_typer(webhook_app, name="webhook")
@@ -137,6 +137,8 @@ def serve(
 
     log.info("web console: %s/ (paste an API key; operator pages take the admin credential)", base)
     log.info("model catalog: %s", rt.catalog.source)
+    for line in rt.describe_weights():
+        log.info("weights: %s", line)
     log.info(_prompt_stage_line(rt, api=True, worker=not no_worker))
     log.info(rt.term_filter.describe())
     log.info(rt.describe_guard(worker=False))
@@ -173,6 +175,8 @@ def worker(
     rt = _runtime()
     for name in models or []:
         rt.catalog.get(name)
+    for line in rt.describe_weights(models):
+        log.info("weights: %s", line)
     stop = threading.Event()
     rt.maintenance().start(stop, rt.settings.maintenance_interval_seconds)
     log.info(_prompt_stage_line(rt, api=False, worker=True))
@@ -405,12 +409,22 @@ def admin_token() -> None:
 
 
 @models_app.command("list")
-def models_list() -> None:
-    """Which models are served, from what weights, demo or real."""
-    from imagesynth.worker.engines import engine_spec
+def models_list(
+    memory_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--memory-budget",
+            help="GB of GPU memory to check each model against (default: "
+            "IMAGESYNTH_GPU_MEMORY_GB, else what the GPU has free).",
+        ),
+    ] = None,
+) -> None:
+    """Which models are served, from what weights (real or demo), and whether they fit."""
+    from imagesynth.worker.engines import engine_spec, fit_for
 
     rt = _runtime()
     demo_root = rt.settings.resolved_demo_weights_dir
+    budget = int(memory_budget * 1e9) if memory_budget is not None else rt.settings.memory_budget
     print(f"catalog: {rt.catalog.source}")
     print(f"{'model':<20} {'family':<17} {'kind':<5} {'device/dtype':<12} weights")
     for spec in rt.catalog.models.values():
@@ -420,11 +434,16 @@ def models_list() -> None:
             f"{spec.name:<20} {spec.family:<17} {kind:<5} {spec.device + '/' + spec.dtype:<12} "
             f"{weights}"
         )
+        print(f"{'':<20} fit: {fit_for(spec, demo_root, budget).describe()}")
+    pulls = [c for c in rt.weights.values() if c.pull is not None]
     if any(s.is_demo for s in rt.catalog.models.values()):
         print(
-            "\nDEMO weights are tiny random-weight pipelines built offline: their images are "
-            "noise.\nSet real weights in the catalog (see README) to generate real images."
+            "\nDEMO weights are tiny random-weight pipelines built offline: their images are noise."
         )
+    if pulls:
+        print('Real weights, once pulled, are used from the next start on (weights = "auto"):')
+        for choice in pulls:
+            print(f"  {choice.pull:<48} # {choice.repo}")
     from imagesynth.safety.images import build_image_classifier
 
     print()
@@ -432,6 +451,69 @@ def models_list() -> None:
     print(rt.term_filter.describe())
     print(rt.describe_guard(worker=False))
     print(build_image_classifier(rt.settings).describe())
+
+
+@models_app.command("pull")
+def models_pull(
+    models: Annotated[
+        list[str] | None, typer.Argument(help="Catalog model names (several share a repo).")
+    ] = None,
+    all_models: Annotated[
+        bool, typer.Option("--all", help="Every model of the catalog that has a repo.")
+    ] = False,
+) -> None:
+    """Download the real weights of catalog models into the Hugging Face cache.
+
+    Only the files each pipeline needs; resumes an interrupted download; checks the disk
+    first. HF_ENDPOINT, HF_TOKEN, HF_HOME and HF_HUB_CACHE are honoured."""
+    from imagesynth.weights.hub import PullError, pull
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    from imagesynth.catalog import AUTO_WEIGHTS, Catalog, CatalogError
+    from imagesynth.domain import Family
+    from imagesynth.errors import ModelNotFound
+
+    try:
+        catalog = Catalog.load(settings.resolved_catalog)
+        names = list(catalog.models) if all_models else list(models or [])
+        if not names:
+            print("error: name the models to pull, or --all", file=sys.stderr)
+            raise typer.Exit(2)
+        specs = [catalog.get(name) for name in names]
+    except CatalogError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    except ModelNotFound:
+        print(f"error: unknown model; the catalog has {', '.join(catalog.models)}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    repos: dict[tuple[str, Family], list[str]] = {}
+    for spec in specs:
+        if spec.repo is None:
+            if not all_models:
+                print(f"error: model {spec.name} has no repo key in the catalog", file=sys.stderr)
+                raise typer.Exit(2)
+            continue
+        repos.setdefault((spec.repo, spec.family), []).append(spec.name)
+    failed = 0
+    for (repo, family), served in repos.items():
+        try:
+            path = pull(repo, family)
+        except PullError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{repo}: ready at {path} for {', '.join(served)}")
+        for name in served:
+            if catalog.get(name).weights != AUTO_WEIGHTS:
+                print(
+                    f"note: {name} has weights = {catalog.get(name).weights!r} in the catalog; "
+                    'weights = "auto" (the default) would use this repo'
+                )
+    if repos and not failed:
+        print("Restart `imagesynth serve` / `imagesynth worker` to use them.")
+    if failed:
+        raise typer.Exit(1)
 
 
 @models_app.command("make-demo")
@@ -444,6 +526,17 @@ def models_make_demo(
     configure_logging("INFO")
     for family, path in build_demo_weights(directory.expanduser().resolve()).items():
         print(f"{family}: {path}")
+
+
+@app.command()
+def doctor() -> None:
+    """Check this machine: torch and CUDA, GPUs, each model's weights, database, storage,
+    watermark, classifier, rewriter. Exits 1 when something essential fails."""
+    from imagesynth.doctor import report
+
+    settings = Settings()
+    configure_logging("WARNING", settings.log_format)
+    raise typer.Exit(report(settings))
 
 
 @app.command()

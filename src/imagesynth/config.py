@@ -27,6 +27,19 @@ class Settings(BaseSettings):
     demo_weights_dir: Path | None = Field(
         default=None, description="Where demo weights are built; default home/demo-weights."
     )
+    weights_dir: Path | None = Field(
+        default=None,
+        description='A folder of real weights for weights = "auto": a model whose repo is '
+        "org/name runs DIR/org/name (or DIR/name) when that holds its pipeline; else the "
+        "Hugging Face cache (imagesynth models pull), else the demo weights.",
+    )
+    gpu_memory_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description="GPU memory (GB, 10^9 bytes) that each model's weights are held against "
+        "when a worker starts, instead of what the device has free: e.g. a share of a GPU "
+        "that other processes use too. Models that do not fit are not served.",
+    )
     public_url: str | None = Field(
         default=None,
         description="Base URL put in result links, e.g. https://img.example.com; "
@@ -261,6 +274,15 @@ class Settings(BaseSettings):
     @property
     def resolved_demo_weights_dir(self) -> Path:
         return (self.demo_weights_dir or self.home_dir / "demo-weights").expanduser().resolve()
+
+    @property
+    def weights_dirs(self) -> tuple[Path, ...]:
+        return () if self.weights_dir is None else (self.weights_dir.expanduser().resolve(),)
+
+    @property
+    def memory_budget(self) -> int | None:
+        """gpu_memory_gb in bytes."""
+        return None if self.gpu_memory_gb is None else int(self.gpu_memory_gb * 1e9)
 
     @property
     def blobs_dir(self) -> Path:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +46,7 @@ from imagesynth.tasks.prompt_stage import PromptStage
 from imagesynth.tasks.service import TaskService
 from imagesynth.tasks.webhook_sender import WebhookSender
 from imagesynth.tasks.webhooks import WebhookAdmin
+from imagesynth.weights.resolve import WeightsChoice, resolve_catalog
 
 if TYPE_CHECKING:
     from imagesynth.worker.worker import Worker
@@ -59,6 +60,9 @@ class Runtime:
     blobs: BlobStore
     secret: bytes  # signs /files URLs and upload policies (each with a key derived from it)
     signer: UrlSigner
+    # What each model runs here: weights = "auto" resolved when the process started
+    # (weights/resolve.py), the same way in API processes and workers.
+    weights: dict[str, WeightsChoice] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings) -> Runtime:
@@ -70,14 +74,22 @@ class Runtime:
         )
         signer = UrlSigner(secret, settings.url_ttl_seconds)
         blobs = open_blobs(settings, signer)  # first: a wrong bucket stops startup at once
+        catalog, weights = resolve_catalog(
+            Catalog.load(settings.resolved_catalog), settings.weights_dirs
+        )
         return cls(
             settings=settings,
             stores=SqlStores.open(settings.resolved_database_url),
-            catalog=Catalog.load(settings.resolved_catalog),
+            catalog=catalog,
             blobs=blobs,
             secret=secret,
             signer=signer,
+            weights=weights,
         )
+
+    def describe_weights(self, models: list[str] | None = None) -> list[str]:
+        """The startup log's lines on what each model runs (and how to make it real)."""
+        return [c.describe() for name, c in self.weights.items() if not models or name in models]
 
     # -- prompt safety --------------------------------------------------------------------
 
@@ -285,6 +297,7 @@ class Runtime:
             postprocess_queue=s.worker_postprocess_queue,
             presence=self.stores.workers,
             metrics=self.worker_metrics,
+            memory_budget=s.memory_budget,
         )
 
     @functools.cached_property

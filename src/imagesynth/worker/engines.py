@@ -27,6 +27,7 @@ from imagesynth.engine.diffusers.demo import (
     IP_ADAPTER_WEIGHT_NAME,
 )
 from imagesynth.engine.registry import create_engine
+from imagesynth.weights.fit import Fit, check_fit, estimate, load_dtype
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,37 @@ def engine_spec(spec: ModelSpec, demo_root: Path) -> EngineSpec:
             cache_threshold=spec.cache_threshold,
         ),
     )
+
+
+def fit_for(spec: ModelSpec, demo_root: Path, budget: int | None = None) -> Fit:
+    """Whether the weights a model runs fit its device's free memory (weights/fit.py has the
+    policy). With a stated `budget` (bytes of GPU memory: IMAGESYNTH_GPU_MEMORY_GB), the
+    model is held against it as it loads on a GPU, unless its device is "cpu"; no GPU is
+    asked, so this also runs where there is none."""
+    if spec.backend != "diffusers":
+        return check_fit(None, None, spec.offload, "a remote engine: its server holds the weights")
+    folder = Path(engine_spec(spec, demo_root).weights)
+    if not folder.is_dir():
+        return check_fit(None, None, spec.offload, "weights not on this machine yet")
+    if budget is not None:
+        free: int | None = budget
+        on_gpu = spec.device != "cpu"
+    else:
+        from imagesynth.engine.diffusers.pipelines import free_memory, resolve_device
+
+        device = resolve_device(spec.device)
+        free = free_memory(device)
+        if free is None:
+            return check_fit(
+                None, None, spec.offload, f"{device}: no GPU memory to hold it against"
+            )
+        on_gpu = True
+    dtype = load_dtype(spec.dtype, spec.family, on_gpu=on_gpu)
+    try:
+        measured = estimate(folder, spec.family, dtype)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # the load will say more
+        return check_fit(None, None, spec.offload, f"cannot read its weights' headers: {exc}")
+    return check_fit(measured, free, spec.offload)
 
 
 class Engines:

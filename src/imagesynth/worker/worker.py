@@ -46,7 +46,7 @@ from imagesynth.storage.png import EXTENSIONS, encode_image
 from imagesynth.tasks.metrics import Metrics
 from imagesynth.tasks.models import ImageResult, Task
 from imagesynth.tasks.ports import TaskEvents, TaskQueue, WorkerPresence
-from imagesynth.worker.engines import Engines
+from imagesynth.worker.engines import Engines, fit_for
 from imagesynth.worker.postprocess import Generated, PostProcessing, Steps, process_inline
 from imagesynth.worker.references import reference_start, reference_style
 
@@ -104,6 +104,13 @@ def encode_preview(image: Image.Image) -> bytes:
     return encode_image(image, "jpeg", PREVIEW_QUALITY)
 
 
+def _on_accelerator(device: str) -> bool:
+    """Whether a model's device is a GPU (offload needs one to offload onto)."""
+    from imagesynth.engine.diffusers.pipelines import resolve_device
+
+    return resolve_device(device) != "cpu"
+
+
 def result_key(task: Task, index: int) -> str:
     """Where image `index` of this attempt is stored. The file name holds the task id, so
     clients that save each result under its URL's file name (DashScope's own samples do) keep
@@ -132,13 +139,16 @@ class Worker:
         postprocess_queue: int = 2,
         presence: WorkerPresence | None = None,
         metrics: Metrics | None = None,
+        memory_budget: int | None = None,
     ) -> None:
         """guard: a local guard model asked about each task's prompt before generation (a
         remote one screens at submit instead). events: wake-ups when tasks may be claimable
         (without: polling every `poll_seconds`). postprocess_threads: post-processing jobs at
         once; postprocess_queue: tasks whose images may wait for post-processing (the memory
         bound). presence: where the heartbeat says this worker is alive (/ready reads it);
-        metrics: the process's registry (by default one of its own)."""
+        metrics: the process's registry (by default one of its own). memory_budget: bytes of
+        GPU memory to hold each model's weights against, instead of what the device has free
+        (weights/fit.py)."""
         self.queue = queue
         self.blobs = blobs
         self.catalog = catalog
@@ -156,6 +166,7 @@ class Worker:
         self.postprocess_queue = postprocess_queue
         self.presence = presence
         self.metrics = metrics or Metrics()
+        self.memory_budget = memory_budget
         self.metrics.count_pipelines(self.engines.loaded_count)
         self.calls = 0  # engine calls made (a batch of tasks is one)
         self._cancel_requested: set[str] = set()
@@ -180,16 +191,51 @@ class Worker:
                 # Its verdicts are errors from now on; IMAGESYNTH_GUARD_FAIL decides them.
                 log.exception("prompt guard failed to load")
         demo = [m for m in self.models if self.catalog.get(m).is_demo]
-        if not demo:
-            return
-        from imagesynth.engine.diffusers.demo import build_demo_weights
+        if demo:
+            from imagesynth.engine.diffusers.demo import build_demo_weights
 
-        log.warning(
-            "models %s use DEMO weights: tiny random-weight pipelines whose images are noise. "
-            "Point the catalog at real weights to get real images.",
-            ", ".join(demo),
-        )
-        build_demo_weights(self.demo_root)
+            log.warning(
+                "models %s use DEMO weights: tiny random-weight pipelines whose images are "
+                "noise. `imagesynth models pull MODEL` fetches real ones (see README).",
+                ", ".join(demo),
+            )
+            build_demo_weights(self.demo_root)
+        self.check_fits()
+
+    def check_fits(self) -> list[str]:
+        """Hold each served model's weights against the GPU memory (weights/fit.py), rather
+        than meet an out-of-memory error in its first task: a model that fits only with
+        offload = "model" gets it, for this worker; one that cannot fit is not served (its
+        tasks stay PENDING for a worker with a larger GPU). The refused models."""
+        refused = []
+        offloaded: dict[str, ModelSpec] = {}
+        for name in self.models:
+            spec = self.catalog.get(name)
+            fit = fit_for(spec, self.demo_root, self.memory_budget)
+            if not fit.servable:
+                log.error("model %s: %s; this worker does not serve it", name, fit.describe())
+                refused.append(name)
+            elif fit.verdict == "offload" and _on_accelerator(spec.device):
+                offloaded[name] = dataclasses.replace(spec, offload="model")
+                log.warning(
+                    'model %s: %s; applied (write offload = "model" in its catalog entry to '
+                    "make it explicit)",
+                    name,
+                    fit.describe(),
+                )
+            elif fit.verdict == "offload":
+                log.info("model %s: %s; not applied: it runs on the CPU", name, fit.describe())
+            else:
+                log.info("model %s: %s", name, fit.describe())
+        self.models = [m for m in self.models if m not in refused]
+        if offloaded:
+            self.catalog = Catalog(
+                {**self.catalog.models, **offloaded},
+                self.catalog.source,
+                self.catalog.styles,
+                self.catalog.billing,
+            )
+        return refused
 
     # -- loop -----------------------------------------------------------------------------
 
@@ -207,6 +253,9 @@ class Worker:
 
             threading.Thread(target=relay, name="stop-relay", daemon=True).start()
         self.prepare()
+        if not self.models:
+            log.error("worker %s: no model it was given fits this device; stopping", self.worker_id)
+            return
         self._announce()  # ready as soon as the models are servable, not a beat later
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()

@@ -26,6 +26,16 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def free_memory(device: str) -> int | None:
+    """Bytes free on a CUDA device (torch.cuda.mem_get_info), None on the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free)
+
+
 def resolve_dtype(dtype: str, device: str, cuda_auto: str = "bfloat16") -> Any:
     """The torch dtype to load in: "auto" is `cuda_auto` on a GPU and float32 on the CPU."""
     import torch
