@@ -209,3 +209,20 @@ def test_a_database_from_before_the_limits_is_migrated(tmp_path: Path) -> None:
     init_schema(store.db)  # idempotent
     task = add_task(store)
     assert claimed(store, "w", ["wanx-v1"]).id == task.id
+
+
+def test_migration_looks_at_its_own_schema_only() -> None:
+    """Two deployments in two schemas of one PostgreSQL database: a newer one's columns do not
+    make the older one's migration skip them."""
+    from tests.conftest import fresh_postgres_schema
+
+    with fresh_postgres_schema() as newer_url, fresh_postgres_schema() as older_url:
+        newer = SqlStores.open(newer_url)  # every column, in its own schema
+        older = SqlStores.open(older_url)
+        with older.db.transaction():
+            older.db.execute("ALTER TABLE tasks DROP COLUMN previews_made")
+        init_schema(older.db)  # as a restart of the older deployment after an upgrade
+        add_task(older)
+        assert claimed(older, "w", ["wanx-v1"]).previews_made == 0
+        newer.close()
+        older.close()

@@ -124,7 +124,10 @@ class PostgresDialect:
 
     def column_names(self, conn: Any, table: str) -> set[str]:
         rows = conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = %(t)s",
+            # This schema's table only: another schema of the same database (another
+            # deployment, or another test) may hold a newer or older one.
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = %(t)s",
             {"t": table},
         )
         return {row["column_name"] for row in rows}
