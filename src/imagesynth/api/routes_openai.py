@@ -10,6 +10,7 @@ the errors (api/openai_errors.py) and the stream of partial images.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import logging
 import time
@@ -187,7 +188,7 @@ async def _stream(request: Request, call: ImageGeneration, task: Task) -> AsyncI
 
 
 def _b64_only(call: ImageGeneration) -> ImageGeneration:
-    return ImageGeneration(call.body, call.stream, ("b64_json",), call.quality, call.output_format)
+    return dataclasses.replace(call, response_formats=("b64_json",))
 
 
 def _partial_image(svc: Services, task: Task, index: int, call: ImageGeneration) -> str | None:

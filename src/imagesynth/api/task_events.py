@@ -81,10 +81,10 @@ async def task_events(
     except ClientLeft:
         return
     spec = svc.catalog.models.get(last.model)
-    final = await run_in_threadpool(svc.tasks.store.get_task, task.id)
+    # follow() ends on the final snapshot, or when the task has expired (then it reads UNKNOWN).
     reply = (
-        unknown_task_reply(rid, task.id)
-        if final is None
-        else task_reply(rid, final, spec, url_for(request))
+        task_reply(rid, last, spec, url_for(request))
+        if last.status.is_final
+        else unknown_task_reply(rid, task.id)
     )
     yield sse.frame(event_id + 1, "result", 200, reply)
